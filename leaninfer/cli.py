@@ -1,0 +1,226 @@
+"""The ``leaninfer`` command: one sub-command per job. Flags are the config field names.
+
+Errors a user can cause print one line naming the bad value and what is valid, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import LeaninferError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make open models cheaper to run, and prove it with numbers.")
+console = Console(stderr=True)
+out = Console()
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (progress bars, torchao's optional-kernel notices) off the user's terminal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("torchao", "nncf", "torch.utils._pytree", "transformers", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def user_errors(fn):
+    """Turn LeaninferError (and bad-value errors from our own validation) into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except LeaninferError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: nothing was written[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@app.command("models")
+@user_errors
+def models_cmd():
+    """List the model references and optimization steps leaninfer knows."""
+    from .models import RANDOM_PRESETS
+    from .optimize import STEPS
+
+    t = Table(title="model references")
+    t.add_column("reference")
+    t.add_column("task")
+    t.add_column("what")
+    t.add_row("minilm", "embedding", "all-MiniLM-L6-v2, bundled, real weights, offline")
+    for p in RANDOM_PRESETS.values():
+        t.add_row(f"random:{p.name}", p.task, f"{p.description} (weights: random)")
+    t.add_row("DIR", "as saved", "a leaninfer artifact (has leaninfer.json) or a transformers model directory")
+    t.add_row("owner/name", "inferred", "a Hugging Face id (needs network: set HF_HUB_OFFLINE=0)")
+    out.print(t)
+    s = Table(title="optimization steps")
+    s.add_column("step")
+    s.add_column("starts from")
+    s.add_column("what")
+    for name, cls in sorted(STEPS.items()):
+        s.add_row(name, ", ".join(cls.accepts), cls.summary)
+    out.print(s)
+
+
+@app.command("optimize")
+@user_errors
+def optimize_cmd(
+    model: str = typer.Option(None, "--model", help="model reference (default: the recipe's model, else minilm)"),
+    steps: str = typer.Option(None, "--steps", help="comma-separated steps, e.g. onnx,ort-int8"),
+    recipe: Path = typer.Option(None, "--recipe", help="YAML recipe: steps with parameters, optional floors"),
+    out_dir: Path = typer.Option(..., "--out", help="artifact directory to write (atomically)"),
+    task: str = typer.Option(None, "--task", help="embedding or causal-lm (default: inferred)"),
+    device: str = typer.Option("cpu", "--device"),
+    sts: Path = typer.Option(None, "--sts", help="STS CSV (sentence1,sentence2,score) for the quality check"),
+    calibration: Path = typer.Option(None, "--calibration", help="text file, one calibration text per line"),
+    min_cosine: float = typer.Option(None, "--min-cosine", help="floor: mean cosine to the source"),
+    max_sts_drop: float = typer.Option(None, "--max-sts-drop", help="floor: Spearman points lost on --sts"),
+    max_ppl_increase_pct: float = typer.Option(None, "--max-ppl-increase-pct", help="floor: perplexity increase"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+):
+    """Apply optimization steps to a model, check quality against it, save a reloadable artifact."""
+    from rich.progress import Progress
+
+    from .data import read_texts
+    from .optimize import Floors, Recipe, optimize
+
+    if (steps is None) == (recipe is None):
+        raise LeaninferError("give exactly one of --steps S1,S2 or --recipe FILE.yaml")
+    if recipe is not None:
+        r = Recipe.from_yaml(recipe)
+        step_list, floors, model = r.steps, r.floors, model or r.model
+    else:
+        step_list, floors = steps, Floors()
+    cli_floors = {k: v for k, v in {"min_cosine": min_cosine, "max_sts_drop": max_sts_drop,
+                                     "max_ppl_increase_pct": max_ppl_increase_pct}.items() if v is not None}
+    if cli_floors:
+        try:
+            floors = Floors(**(floors.model_dump(exclude_none=True) | cli_floors))
+        except Exception as e:
+            raise LeaninferError(f"invalid floor: {e}") from None
+    calib = read_texts(calibration) if calibration else None
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("loading", total=None)
+
+        def on_step(i, n, name):
+            progress.update(bar, total=n + 1, completed=i, description=f"step {i + 1}/{n}: {name}")
+
+        result = optimize(model or "minilm", step_list, out_dir, floors=floors, sts=sts, calibration_texts=calib,
+                          overwrite=overwrite, task=task, device=device, on_step=on_step)
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+        return
+    m = result.manifest
+    console.print(f"[green]saved[/] {result.path}  ({m['format']}, {m['state']}, {m['size_bytes'] / 1e6:.1f} MB, "
+                  f"source {m['source']['weight_bytes'] / 1e6:.1f} MB)")
+    for k, v in (m["quality"] or {}).items():
+        if k not in ("task", "weights"):
+            console.print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    for note in m["notes"]:
+        if "parity" not in note and "fused" not in note:
+            console.print(f"  [yellow]note:[/] {note}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    target: str = typer.Argument(..., help="model reference or artifact directory"),
+    reference: str = typer.Option(None, "--reference", help="compare against this model (e.g. the FP32 source)"),
+    sts: Path = typer.Option(None, "--sts", help="STS CSV: sentence1,sentence2,score (no header)"),
+    text: Path = typer.Option(None, "--text", help="text file: evaluation texts (one per line) or a document"),
+    task: str = typer.Option(None, "--task"),
+    device: str = typer.Option("cpu", "--device"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Quality of a model: cosine to a reference and STS Spearman (embeddings); perplexity, KL, top-1 (LMs)."""
+    from .data import read_texts
+    from .evaluate import evaluate
+    from .models import load
+
+    if sts is not None and not sts.is_file():
+        raise LeaninferError(f"STS file {str(sts)!r} does not exist")
+    if text is not None and not text.is_file():
+        raise LeaninferError(f"text file {str(text)!r} does not exist")
+    tgt = load(target, task=task, device=device)
+    ref = load(reference, task=tgt.task, device=device) if reference else None
+    kwargs = {"sts": sts}
+    if text is not None:
+        kwargs |= {"texts": read_texts(text)} if tgt.task == "embedding" else {"text": text.read_text()}
+    result = {"target": target, "reference": reference, **evaluate(tgt, ref, **kwargs)}
+    if as_json:
+        print(json.dumps(result))
+        return
+    t = Table(title=f"quality of {target}" + (f" vs {reference}" if reference else ""))
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in result.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(t)
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    out_dir: Path = typer.Option(Path("leaninfer-out/demo"), "--out", help="where the variants are saved"),
+    sts: Path = typer.Option(None, "--sts", help="optional STS CSV for Spearman beside cosine"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+):
+    """The main job on the bundled minilm: make variants, check quality, measure speed, print a table."""
+    from .demo import run_demo
+
+    run_demo(out_dir, sts=sts, batch_size=batch_size, repeats=repeats, console=console, out=out)
+
+
+def _register_optional_commands() -> None:
+    """Commands of the benchmark and serving jobs live with their packages and register themselves here."""
+    import importlib
+
+    for module in ("leaninfer.benchmarks.cli", "leaninfer.serving.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.register(app, user_errors)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # `leaninfer ... | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

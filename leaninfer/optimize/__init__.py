@@ -1,0 +1,173 @@
+"""The optimize job: a recipe (a list of step configs) applied to a model, checked, saved as an artifact.
+
+A recipe is planned before any work starts: each step must accept the state (``backend:precision``) the
+previous one produces, and each floor must be measurable, so ``bnb-nf4`` after ``onnx`` or an STS floor
+without STS data fail in milliseconds, not after an export.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import LeaninferError, QualityFloorError, StepError, valid_list
+from . import bnb, casts, onnx, openvino, torch_quant  # noqa: F401  (register the steps)
+from .common import STEPS, StepConfig, StepContext, get_step
+
+__all__ = ["STEPS", "Floors", "Recipe", "OptimizeResult", "get_step", "optimize", "plan", "parse_steps"]
+
+
+class Floors(BaseModel):
+    """Quality floors a recipe may declare; a missed floor fails the pipeline and writes nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_cosine: float | None = Field(None, gt=0, le=1)
+    max_sts_drop: float | None = Field(None, ge=0)
+    max_ppl_increase_pct: float | None = Field(None, ge=0)
+    min_top1_agreement: float | None = Field(None, gt=0, le=1)
+
+
+class Recipe(BaseModel):
+    """``steps`` (names, or mappings with ``step:`` plus parameters), optional ``floors`` and ``model``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    steps: list[str | dict]
+    floors: Floors = Floors()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise LeaninferError(f"cannot read recipe {str(path)!r}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise LeaninferError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise LeaninferError(f"recipe {str(path)!r} must be a mapping with a 'steps' list")
+        try:
+            return cls(**data)
+        except Exception as e:
+            from .common import _pydantic_message
+
+            raise LeaninferError(f"recipe {str(path)!r}: {_pydantic_message(e)}") from None
+
+    def configs(self) -> list[StepConfig]:
+        return parse_steps(self.steps)
+
+
+def parse_steps(steps: Sequence[str | dict | StepConfig] | str) -> list[StepConfig]:
+    """``"onnx,ort-int8"`` or ``["fp16", {"step": "int8", "method": "torchao"}]`` -> validated configs."""
+    if isinstance(steps, str):
+        steps = [s.strip() for s in steps.split(",") if s.strip()]
+    out = []
+    for s in steps:
+        if isinstance(s, StepConfig):
+            out.append(s)
+        elif isinstance(s, str):
+            out.append(get_step(s))
+        elif isinstance(s, dict) and "step" in s:
+            params = {k: v for k, v in s.items() if k != "step"}
+            out.append(get_step(s["step"], **params))
+        else:
+            raise StepError(f"step {s!r} must be a step name or a mapping with a 'step' key; "
+                            f"valid steps: {valid_list(STEPS)}")
+    if not out:
+        raise StepError(f"no steps given; valid steps: {valid_list(STEPS)}")
+    return out
+
+
+def plan(steps: list[StepConfig], start_state: str, task: str, *, floors: Floors = Floors(),
+         has_sts: bool = False, random_weights: bool = False) -> list[StepConfig]:
+    """Check the whole chain before any work; insert the export a runtime step needs. Returns the plan."""
+    planned, state = [], start_state
+    for step in steps:
+        if task not in step.tasks:
+            raise StepError(f"step {step.name!r} does not apply to {task} models (it supports {', '.join(step.tasks)})")
+        if state not in step.accepts and state == "torch:fp32" and step.export_step:
+            export = get_step(step.export_step)  # e.g. ort-int8 on a PyTorch model: export to ONNX first
+            planned.append(export)
+            state = export.produces(state)
+        if state not in step.accepts:
+            before = f"after {planned[-1].name!r}" if planned else "on this model"
+            raise StepError(f"step {step.name!r} cannot run {before}: the model is then {state}, and "
+                            f"{step.name!r} needs {' or '.join(step.accepts)}")
+        planned.append(step)
+        state = step.produces(state)
+    if floors.max_sts_drop is not None and (task != "embedding" or not has_sts):
+        raise StepError("floor max_sts_drop needs an embedding model and STS data (--sts CSV)")
+    if floors.max_ppl_increase_pct is not None and (task != "causal-lm" or random_weights):
+        raise StepError("floor max_ppl_increase_pct needs a causal LM with real (not random) weights")
+    if floors.min_top1_agreement is not None and task != "causal-lm":
+        raise StepError("floor min_top1_agreement applies to causal LMs only")
+    if floors.min_cosine is not None and task != "embedding":
+        raise StepError("floor min_cosine applies to embedding models only")
+    return planned
+
+
+def check_floors(quality: dict, floors: Floors) -> None:
+    checks = [("mean_cosine_to_reference", floors.min_cosine, "min_cosine", lambda v, f: v >= f),
+              ("sts_drop_pts", floors.max_sts_drop, "max_sts_drop", lambda v, f: v <= f),
+              ("perplexity_increase_pct", floors.max_ppl_increase_pct, "max_ppl_increase_pct", lambda v, f: v <= f),
+              ("top1_agreement", floors.min_top1_agreement, "min_top1_agreement", lambda v, f: v >= f)]
+    for key, floor, name, ok in checks:
+        if floor is not None and not ok(quality[key], floor):
+            raise QualityFloorError(f"quality floor missed: {key} = {quality[key]:.4f}, floor {name} = {floor}; "
+                                    "nothing was written")
+
+
+@dataclass
+class OptimizeResult:
+    path: Path
+    manifest: dict
+    model: object  # the optimized Model handle, loaded from the written artifact's files
+
+
+def optimize(model, steps, out: str | Path, *, floors: Floors | dict | None = None, sts: str | Path | None = None,
+             calibration_texts: list[str] | None = None, overwrite: bool = False, task: str | None = None,
+             device: str = "cpu", on_step: Callable[[int, int, str], None] | None = None) -> OptimizeResult:
+    """Apply ``steps`` to ``model`` (a reference or a loaded handle), check quality, write an artifact.
+
+    Example:
+        >>> import leaninfer
+        >>> r = leaninfer.optimize("minilm", "onnx,ort-int8", "out/minilm-int8")  # doctest: +SKIP
+        >>> r.manifest["quality"]["mean_cosine_to_reference"] > 0.99  # doctest: +SKIP
+        True
+    """
+    from ..artifacts import atomic_dir, build_manifest, save_model_files
+    from ..evaluate import evaluate
+    from ..models import Model, load
+
+    floors = Floors(**floors) if isinstance(floors, dict) else (floors or Floors())
+    configs = parse_steps(steps)
+    if sts is not None and not Path(sts).is_file():
+        raise LeaninferError(f"STS file {str(sts)!r} does not exist")
+    with atomic_dir(Path(out), overwrite=overwrite) as tmp:  # refuses an existing --out before loading anything
+        source = model if isinstance(model, Model) else load(model, task=task, device=device)
+        planned = plan(configs, source.state, source.task, floors=floors, has_sts=sts is not None,
+                       random_weights=source.is_random)
+        ctx = StepContext(work_dir=tmp, calibration_texts=list(calibration_texts or []))
+        t0, current = time.perf_counter(), source
+        for i, step in enumerate(planned):
+            if on_step:
+                on_step(i, len(planned), step.name)
+            current = step.apply(current, ctx)
+        elapsed = time.perf_counter() - t0
+        quality = evaluate(current, source, sts=sts)
+        check_floors(quality, floors)
+        fmt = save_model_files(current, tmp, planned)
+        manifest = build_manifest(current, tmp, fmt=fmt, source=source, steps=planned, quality=quality,
+                                  notes=ctx.notes, elapsed_s=round(elapsed, 3))
+        manifest["floors"] = floors.model_dump(exclude_none=True)
+        import json
+
+        (tmp / "leaninfer.json").write_text(json.dumps(manifest, indent=2))
+    out = Path(out).resolve()
+    return OptimizeResult(path=out, manifest=manifest, model=load(out, device=device))

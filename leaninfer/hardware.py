@@ -107,3 +107,204 @@ def detect_local() -> LocalHardware:
         gpu_count=gpu_count,
         extra={"flags": tuple(sorted(flags))},
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hardware profiles: a data table (leaninfer/data/hardware_profiles.yaml), extendable by a user YAML file.
+# --------------------------------------------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+KINDS = ("cpu", "gpu")
+LOCAL = "local"
+
+
+def _profile_error(where: str, field_name: str, msg: str):
+    from .errors import LeaninferError
+
+    return LeaninferError(f"{where}: field {field_name!r} {msg}")
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """What a machine costs and what it can do. Units are in the names; peaks are dense datasheet figures.
+
+    `usd_per_hour` is None for an unpriced machine (the local one until the user prices it): cost figures
+    are then left out with a note, never guessed.
+
+    >>> p = get_profile("aws-g6.xlarge")
+    >>> p.kind, p.memory_bandwidth_bytes_per_s
+    ('gpu', 300000000000.0)
+    """
+
+    name: str
+    kind: str
+    description: str = ""
+    usd_per_hour: float | None = None
+    price_date: str | None = None
+    price_source: str | None = None
+    memory_gb: float | None = None
+    memory_bandwidth_gb_per_s: float | None = None
+    peak_tflops_per_s: dict = field(default_factory=dict)
+    cores: int | None = None
+    spec_source: str | None = None
+    notes: str | None = None
+    measured_locally: bool = False
+
+    def __post_init__(self):
+        where = f"hardware profile {self.name!r}"
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise _profile_error("hardware profile", "name", f"must be a non-empty string, got {self.name!r}")
+        if self.kind not in KINDS:
+            raise _profile_error(where, "kind", f"must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for f in ("usd_per_hour", "memory_gb", "memory_bandwidth_gb_per_s"):
+            v = getattr(self, f)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0 or \
+                    (f != "usd_per_hour" and v == 0):
+                raise _profile_error(where, f, f"must be a number {'>= 0' if f == 'usd_per_hour' else '> 0'}, "
+                                               f"got {v!r}")
+            object.__setattr__(self, f, float(v))
+        if self.usd_per_hour is not None and (not self.price_date or not self.price_source) \
+                and not self.measured_locally:
+            missing = "price_date" if not self.price_date else "price_source"
+            raise _profile_error(where, missing, "is required with usd_per_hour (prices change: say when and "
+                                                 "where this one was read)")
+        if not isinstance(self.peak_tflops_per_s, dict):
+            raise _profile_error(where, "peak_tflops_per_s", f"must be a mapping of precision to TFLOP/s "
+                                                             f"({', '.join(PRECISIONS)}), got {self.peak_tflops_per_s!r}")
+        peaks = {}
+        for k, v in self.peak_tflops_per_s.items():
+            if k not in PRECISIONS:
+                raise _profile_error(where, f"peak_tflops_per_s.{k}",
+                                     f"is not a precision: valid are {', '.join(PRECISIONS)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise _profile_error(where, f"peak_tflops_per_s.{k}", f"must be a number > 0, got {v!r}")
+            peaks[k] = float(v)
+        object.__setattr__(self, "peak_tflops_per_s", peaks)
+        if self.cores is not None and (isinstance(self.cores, bool) or not isinstance(self.cores, int)
+                                       or self.cores < 1):
+            raise _profile_error(where, "cores", f"must be an integer >= 1, got {self.cores!r}")
+
+    @property
+    def priced(self) -> bool:
+        return self.usd_per_hour is not None
+
+    @property
+    def memory_bandwidth_bytes_per_s(self) -> float | None:
+        return None if self.memory_bandwidth_gb_per_s is None else self.memory_bandwidth_gb_per_s * 1e9
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory_gb is None else int(self.memory_gb * 1e9)
+
+    def peak_flops_per_s(self, precision: str) -> float | None:
+        """Peak FLOP/s (or OP/s for int8) at `precision`; fp16 and bf16 stand in for each other if one is missing."""
+        p = self.peak_tflops_per_s
+        v = p.get(precision)
+        if v is None and precision in ("fp16", "bf16"):
+            v = p.get("bf16" if precision == "fp16" else "fp16")
+        return None if v is None else v * 1e12
+
+    def with_price(self, usd_per_hour: float) -> HardwareProfile:
+        """The same machine at a user-given price (recorded as such)."""
+        from dataclasses import replace
+
+        return replace(self, usd_per_hour=float(usd_per_hour), price_date="given by the user",
+                       price_source="--usd-per-hour")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_PROFILE_FIELDS = {f for f in HardwareProfile.__dataclass_fields__ if f != "measured_locally"}
+
+
+def _profiles_from_yaml(path, text: str | None = None) -> list[HardwareProfile]:
+    import yaml
+
+    from .errors import LeaninferError
+
+    where = str(path)
+    try:
+        data = yaml.safe_load(text if text is not None else open(path).read())
+    except OSError as e:
+        raise LeaninferError(f"cannot read hardware profiles {where!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise LeaninferError(f"hardware profiles {where!r} is not valid YAML: {e}") from None
+    if isinstance(data, dict):
+        data = data.get("profiles")
+    if not isinstance(data, list):
+        raise LeaninferError(f"hardware profiles {where!r}: expected a list under 'profiles:'")
+    out = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise LeaninferError(f"hardware profiles {where!r}: entry {i} is not a mapping")
+        label = f"{where}: profile {entry.get('name', f'#{i}')!r}"
+        unknown = sorted(set(entry) - _PROFILE_FIELDS)
+        if unknown:
+            raise LeaninferError(f"{label}: unknown field {unknown[0]!r}; valid fields are "
+                                 f"{', '.join(sorted(_PROFILE_FIELDS))}")
+        for req in ("name", "kind"):
+            if req not in entry:
+                raise LeaninferError(f"{label}: field {req!r} is required")
+        try:
+            out.append(HardwareProfile(**entry))
+        except LeaninferError as e:
+            raise LeaninferError(f"{where}: {e}") from None
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _load_profiles_cached(user_yaml: str | None) -> tuple[HardwareProfile, ...]:
+    from importlib import resources
+
+    text = resources.files("leaninfer.data").joinpath("hardware_profiles.yaml").read_text()
+    profiles = {p.name: p for p in _profiles_from_yaml("leaninfer/data/hardware_profiles.yaml", text)}
+    if user_yaml:
+        for p in _profiles_from_yaml(user_yaml):
+            profiles[p.name] = p  # a user's entry replaces a shipped one of the same name (e.g. a new price)
+    return tuple(profiles.values())
+
+
+def load_profiles(user_yaml=None) -> dict[str, HardwareProfile]:
+    """The shipped profiles, updated by a user YAML file (same format: `profiles:` list), by name."""
+    return {p.name: p for p in _load_profiles_cached(str(user_yaml) if user_yaml else None)}
+
+
+def local_profile(usd_per_hour: float | None = None, memory_bandwidth_gb_per_s: float | None = None,
+                  hw: LocalHardware | None = None) -> HardwareProfile:
+    """This machine as a profile: detected, unpriced unless the user gives a price, bandwidth if measured."""
+    hw = hw or detect_local()
+    kind = "gpu" if hw.gpu_name else "cpu"
+    desc = f"{hw.cpu_name}, {hw.physical_cores} cores, {hw.int8_isa}, {hw.ram_bytes / 1e9:.1f} GB RAM"
+    if hw.gpu_name:
+        desc += f"; GPU {hw.gpu_name}"
+    mem = (hw.gpu_memory_bytes if hw.gpu_name else hw.ram_bytes) or None
+    return HardwareProfile(
+        name=LOCAL, kind=kind, description=desc,
+        usd_per_hour=None if usd_per_hour is None else float(usd_per_hour),
+        price_date="given by the user" if usd_per_hour is not None else None,
+        price_source="--usd-per-hour" if usd_per_hour is not None else None,
+        memory_gb=mem / 1e9 if mem else None,
+        memory_bandwidth_gb_per_s=memory_bandwidth_gb_per_s,
+        cores=hw.physical_cores, spec_source="detected on this machine",
+        notes=None if usd_per_hour is not None else "unpriced: pass --usd-per-hour to get cost figures",
+        measured_locally=True,
+    )
+
+
+def get_profile(name: str, user_yaml=None, usd_per_hour: float | None = None) -> HardwareProfile:
+    """A profile by name ('local' is this machine); raises LeaninferError listing the valid names.
+
+    `usd_per_hour` overrides (or, for 'local', sets) the price.
+    """
+    from .errors import LeaninferError, valid_list
+
+    if name == LOCAL:
+        return local_profile(usd_per_hour)
+    profiles = load_profiles(user_yaml)
+    if name not in profiles:
+        raise LeaninferError(f"unknown hardware profile {name!r}; valid: {valid_list([LOCAL, *profiles])}")
+    p = profiles[name]
+    return p.with_price(usd_per_hour) if usd_per_hour is not None else p

@@ -103,7 +103,8 @@ RANDOM_PRESETS: dict[str, RandomPreset] = {
         ),
         RandomPreset(
             "tiny-gpt2", "causal-lm", "2-layer GPT-2, hidden 64 (tests)",
-            lambda: _gpt2(n_embd=64, n_layer=2, n_head=4, n_positions=512, vocab_size=30522),
+            lambda: _gpt2(n_embd=64, n_layer=2, n_head=4, n_positions=512, vocab_size=30522, bos_token_id=101,
+                          eos_token_id=102),
         ),
         RandomPreset(
             "tiny-llama", "causal-lm", "2-layer Llama, hidden 64, GQA (tests)",

@@ -88,11 +88,37 @@ class FilteredStep(StepConfig, ModuleFilter):
     def linear_names(self, module) -> list[str]:
         import torch
 
+        linearize_conv1d(module)
         names = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and self.selects(n)]
         if not names:
             raise StepError(f"step {self.name!r}: include={list(self.include)} exclude={list(self.exclude)} "
                             "selects no Linear module of this model")
         return names
+
+
+def linearize_conv1d(module) -> int:
+    """Replace GPT-2's ``Conv1D`` (a Linear with a transposed weight) by ``nn.Linear``, in place.
+
+    Quantizers (torchao, torch.ao) only know ``nn.Linear``; without this GPT-2's matmuls stay FP32. The
+    module computes the same function afterwards. Returns how many modules were replaced.
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    replaced = 0
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                lin = torch.nn.Linear(n_in, n_out, bias=child.bias is not None, device=child.weight.device,
+                                      dtype=child.weight.dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(child.weight.t())
+                    if child.bias is not None:
+                        lin.bias.copy_(child.bias)
+                setattr(parent, child_name, lin)
+                replaced += 1
+    return replaced
 
 
 def module_weight_bytes(module) -> int:

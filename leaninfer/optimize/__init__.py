@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import LeaninferError, QualityFloorError, StepError, valid_list
-from . import bnb, casts, onnx, openvino, torch_quant  # noqa: F401  (register the steps)
+from . import bnb, casts, distill, onnx, openvino, prune, torch_quant  # noqa: F401  (register the steps)
 from .common import STEPS, StepConfig, StepContext, get_step
 
 __all__ = ["STEPS", "Floors", "Recipe", "OptimizeResult", "get_step", "optimize", "plan", "parse_steps"]

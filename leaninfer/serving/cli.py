@@ -1,0 +1,146 @@
+"""``leaninfer serve`` and ``leaninfer load`` (registered into the main typer app by ``leaninfer.cli``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import LeaninferError, valid_list
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def derive_name(ref: str) -> str:
+    """A served name from a reference: ``random:gpt2`` -> ``gpt2``, ``out/minilm-int8/`` -> ``minilm-int8``."""
+    name = ref.split(":", 1)[1] if ref.startswith("random:") else Path(ref.rstrip("/")).name or ref
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name)
+
+
+def resolve_usd_per_hour(hardware: str | None, usd_per_hour: float | None) -> float:
+    if usd_per_hour is not None:
+        if usd_per_hour < 0:
+            raise LeaninferError(f"--usd-per-hour must be >= 0, got {usd_per_hour}")
+        return float(usd_per_hour)
+    if hardware is None:
+        return 0.0
+    from ..hardware import get_profile
+
+    profile = get_profile(hardware)  # raises a LeaninferError naming the valid profiles
+    if profile.usd_per_hour is None:
+        raise LeaninferError(f"hardware profile {hardware!r} has no price; give --usd-per-hour")
+    return float(profile.usd_per_hour)
+
+
+def register(app: typer.Typer, user_errors) -> None:
+    @app.command("serve")
+    @user_errors
+    def serve_cmd(
+        models: list[str] = typer.Argument(..., help="model references or artifact directories"),
+        name: list[str] = typer.Option(None, "--name", help="served name per model, in order (default: derived)"),
+        host: str = typer.Option("127.0.0.1", "--host"),
+        port: int = typer.Option(8000, "--port", min=0, max=65535),
+        device: str = typer.Option("cpu", "--device"),
+        max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
+        max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0),
+        max_batch_tokens: int = typer.Option(16384, "--max-batch-tokens", min=1),
+        max_queue: int = typer.Option(256, "--max-queue", min=1),
+        hardware: str = typer.Option(None, "--hardware", help="hardware profile: its $/hour prices requests"),
+        usd_per_hour: float = typer.Option(None, "--usd-per-hour", help="price of this machine (overrides)"),
+        request_timeout_s: float = typer.Option(600.0, "--request-timeout-s", min=0.001),
+        max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", min=1),
+        drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", min=0),
+    ):
+        """Serve models behind an OpenAI-compatible API with dynamic/continuous batching and metering."""
+        import uvicorn
+
+        from ..models import load
+        from .app import ServerConfig, create_app
+        from .engine import BatchingConfig
+
+        names = list(name or [])
+        if len(names) > len(models):
+            raise LeaninferError(f"{len(names)} --name values for {len(models)} models")
+        names += [derive_name(m) for m in models[len(names):]]
+        if len(set(names)) != len(names):
+            raise LeaninferError(f"served names must be unique, got {valid_list(names)}: use --name")
+        price = resolve_usd_per_hour(hardware, usd_per_hour)
+        loaded = {}
+        for n, ref in zip(names, models, strict=True):
+            console.print(f"loading {ref} as {n!r}")
+            loaded[n] = load(ref, device=device)
+        cfg = ServerConfig(BatchingConfig(max_batch_size, max_wait_ms, max_batch_tokens, max_queue),
+                           usd_per_hour=price, request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes,
+                           drain_timeout_s=drain_timeout_s)
+        app_ = create_app(loaded, cfg)
+        console.print(f"serving {', '.join(names)} on http://{host}:{port}/v1  (batch {max_batch_size}, "
+                      f"wait {max_wait_ms} ms, ${price}/h)")
+        uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=drain_timeout_s)
+
+    @app.command("load")
+    @user_errors
+    def load_cmd(
+        model: str = typer.Option(..., "--model", help="served model name"),
+        base_url: str = typer.Option("http://127.0.0.1:8000/v1", "--base-url"),
+        endpoint: str = typer.Option("embeddings", "--endpoint", help="embeddings | completions | chat"),
+        concurrency: str = typer.Option(None, "--concurrency", help="closed-loop client counts, e.g. 1,8,32"),
+        rate: str = typer.Option(None, "--rate", help="open-loop Poisson arrival rates (requests/s), e.g. 2,5"),
+        requests: int = typer.Option(200, "--requests", min=1, help="requests per level"),
+        duration_s: float = typer.Option(None, "--duration-s", min=0.1, help="time per level instead of a count"),
+        prompt_tokens: int = typer.Option(32, "--prompt-tokens", min=1),
+        max_tokens: int = typer.Option(64, "--max-tokens", min=1),
+        inputs_per_request: int = typer.Option(1, "--inputs-per-request", min=1),
+        ignore_eos: bool = typer.Option(True, "--ignore-eos/--respect-eos", help="generate exactly max_tokens"),
+        timeout_s: float = typer.Option(300.0, "--timeout-s", min=0.1),
+        json_out: Path = typer.Option(None, "--json", help="write the results as JSON here ('-' for stdout)"),
+    ):
+        """Load-test an OpenAI-compatible server: throughput and TTFT/ITL/e2e percentiles per level."""
+        from .loadgen import ENDPOINTS, LoadSpec, run_load
+
+        if endpoint not in ENDPOINTS:
+            raise LeaninferError(f"unknown --endpoint {endpoint!r}; valid: {valid_list(ENDPOINTS)}")
+        try:
+            conc = [int(c) for c in _csv(concurrency)]
+            rates = [float(r) for r in _csv(rate)]
+        except ValueError:
+            raise LeaninferError(f"--concurrency takes integers and --rate numbers, got {concurrency!r} / {rate!r}") \
+                from None
+        if not conc and not rates:
+            conc = [1]
+        if any(c < 1 for c in conc) or any(r <= 0 for r in rates):
+            raise LeaninferError("concurrency levels must be >= 1 and rates > 0")
+        spec = LoadSpec(base_url=base_url, model=model, endpoint=endpoint, prompt_tokens=prompt_tokens,
+                        max_tokens=max_tokens, inputs_per_request=inputs_per_request, requests=requests,
+                        duration_s=duration_s, timeout_s=timeout_s, ignore_eos=ignore_eos)
+        results = run_load(spec, conc, rates, on_level=lambda r: console.print(
+            f"{r.mode} {r.level:g}: {r.requests_per_s:.1f} req/s, {r.errors} errors"))
+        if all(r.requests == r.errors for r in results):
+            raise LeaninferError(f"every request failed at {base_url}: {results[0].error_examples}")
+        t = Table(title=f"{endpoint} on {model} @ {base_url}")
+        for col in ("level", "req", "err", "req/s", "in tok/s", "out tok/s", "e2e p50 ms", "e2e p95 ms",
+                    "ttft p50 ms", "ttft p95 ms", "itl p50 ms", "itl p95 ms"):
+            t.add_column(col, justify="right")
+
+        def f(x):
+            return "-" if x is None else f"{x:.1f}"
+
+        for r in results:
+            t.add_row(f"{'c' if r.mode == 'concurrency' else 'r'}={r.level:g}", str(r.requests), str(r.errors),
+                      f(r.requests_per_s), f(r.input_tokens_per_s), f(r.output_tokens_per_s), f(r.e2e.p50_ms),
+                      f(r.e2e.p95_ms), f(r.ttft.p50_ms), f(r.ttft.p95_ms), f(r.itl.p50_ms), f(r.itl.p95_ms))
+        out.print(t)
+        if json_out is not None:
+            doc = json.dumps({"spec": spec.__dict__, "results": [r.to_dict() for r in results]}, indent=2)
+            if str(json_out) == "-":
+                print(doc)
+            else:
+                json_out.write_text(doc)

@@ -1,0 +1,326 @@
+"""Engines: one worker thread per served model runs the model; the asyncio side only submits and awaits.
+
+The HTTP layer tokenizes and formats on the event loop; the engine thread only pads, runs the model and
+samples, so neither waits on the other (PyTorch and ONNX Runtime release the GIL while they compute).
+Results cross back to the event loop with ``loop.call_soon_threadsafe`` into each request's own future or
+queue. Cancellation is a flag the engine checks between model calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..cost import usd_for_busy_seconds
+from .core import (
+    BusyWindow,
+    EmbedItem,
+    GenerationScheduler,
+    GenEvent,
+    GenSequence,
+    SamplingParams,
+    form_embedding_batches,
+    pad_left_or_right,
+    split_cost,
+)
+from .metrics import ServerMetrics
+from .protocol import OpenAIError
+
+
+@dataclass
+class BatchingConfig:
+    """How requests are batched (CLI flags of ``leaninfer serve`` carry the same names)."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_batch_tokens: int = 16384
+    max_queue: int = 256
+
+    def __post_init__(self):
+        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
+            raise ValueError("max_batch_size, max_batch_tokens and max_queue must be >= 1, max_wait_ms >= 0")
+
+
+@dataclass
+class Meter:
+    """What one request cost: the leaninfer extras of a response's ``usage``."""
+
+    queue_s: float = 0.0
+    ttft_s: float | None = None
+    duration_s: float = 0.0
+    busy_prefill_s: float = 0.0
+    busy_decode_s: float = 0.0
+    usd_per_hour: float = 0.0
+
+    def to_dict(self) -> dict:
+        cost_in = usd_for_busy_seconds(self.usd_per_hour, self.busy_prefill_s)
+        cost_out = usd_for_busy_seconds(self.usd_per_hour, self.busy_decode_s)
+        d = {"queue_time_s": round(self.queue_s, 6), "duration_s": round(self.duration_s, 6),
+             "engine_busy_s": round(self.busy_prefill_s + self.busy_decode_s, 6),
+             "cost_usd": cost_in + cost_out, "cost_usd_input": cost_in, "cost_usd_output": cost_out}
+        if self.ttft_s is not None:
+            d["time_to_first_token_s"] = round(self.ttft_s, 6)
+        return d
+
+
+def queue_full(name: str, depth: int) -> OpenAIError:
+    return OpenAIError(503, f"model {name!r} has {depth} requests waiting (the --max-queue limit): retry later",
+                       type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
+
+
+class _EngineBase:
+    def __init__(self, model, name: str, config: BatchingConfig, metrics: ServerMetrics, usd_per_hour: float):
+        self.model, self.name, self.config, self.metrics = model, name, config, metrics
+        self.usd_per_hour = usd_per_hour
+        self.busy = BusyWindow()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"leaninfer-engine-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop accepting, let in-flight work finish (up to the timeout), then end the thread."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _record_busy(self, seconds: float) -> None:
+        self.busy.add(seconds)
+        self.metrics.busy_seconds.labels(self.name).inc(seconds)
+        self.metrics.utilization.labels(self.name).set(self.busy.fraction())
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise OpenAIError(503, "the server is shutting down", type="server_unavailable", code="draining",
+                              headers={"Retry-After": "5"})
+
+
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _EmbedJob:
+    n: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    enqueued_at: float
+    started_at: float | None = None
+    vectors: list = field(default_factory=list)
+    remaining: int = 0
+    busy_s: float = 0.0
+    cancelled: bool = False
+
+
+class EmbeddingEngine(_EngineBase):
+    """Dynamic batching for embeddings: wait up to ``max_wait_ms`` for a batch to fill, group by length."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.items: list[EmbedItem] = []
+        tok = self.model.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.left = getattr(tok, "padding_side", "right") == "left"
+
+    def pending(self) -> int:
+        with self._cv:
+            return len({id(i.request) for i in self.items}) + getattr(self, "_in_flight", 0)
+
+    async def embed(self, token_lists: list[list[int]]) -> tuple[np.ndarray, Meter]:
+        self._check_accepting()
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        job = _EmbedJob(n=len(token_lists), loop=loop, future=loop.create_future(), enqueued_at=now,
+                        vectors=[None] * len(token_lists), remaining=len(token_lists))
+        with self._cv:
+            waiting = len({id(i.request) for i in self.items})
+            if waiting >= self.config.max_queue:
+                raise queue_full(self.name, waiting)
+            self.items.extend(EmbedItem(t, request=job, index=k, enqueued_at=now) for k, t in enumerate(token_lists))
+            self.metrics.queue_depth.labels(self.name).set(waiting + 1)
+            self._cv.notify()
+        try:
+            await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True  # its items are skipped if not yet run
+            raise
+        meter = Meter(queue_s=job.started_at - job.enqueued_at, duration_s=time.perf_counter() - job.enqueued_at,
+                      busy_prefill_s=job.busy_s, usd_per_hour=self.usd_per_hour)
+        return np.stack(job.vectors), meter
+
+    def _take(self) -> list[EmbedItem]:
+        """Wait for a batch to fill (or the oldest item to wait ``max_wait_ms``), then take the queue."""
+        cfg = self.config
+        with self._cv:
+            while not self._stopping:
+                if self.items:
+                    age = time.perf_counter() - self.items[0].enqueued_at
+                    left = cfg.max_wait_ms / 1000 - age
+                    if len(self.items) >= cfg.max_batch_size or left <= 0:
+                        break
+                    self._cv.wait(timeout=left)
+                else:
+                    self._cv.wait(timeout=0.5)
+            limit = cfg.max_batch_size * 4  # a window wide enough to group lengths, bounded for fairness
+            taken, self.items = self.items[:limit], self.items[limit:]
+            self._in_flight = len({id(i.request) for i in taken})
+            self.metrics.queue_depth.labels(self.name).set(len({id(i.request) for i in self.items}))
+            return taken
+
+    def _run(self) -> None:
+        while not self._stopping:
+            taken = [i for i in self._take() if not i.request.cancelled]
+            for batch in form_embedding_batches(taken, self.config.max_batch_size, self.config.max_batch_tokens):
+                self._run_batch([i for i in batch if not i.request.cancelled])
+            self._in_flight = 0
+
+    def _run_batch(self, batch: list[EmbedItem]) -> None:
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        for i in batch:
+            i.request.started_at = i.request.started_at or t0
+        try:
+            enc = pad_left_or_right([i.token_ids for i in batch], self.pad_id, left=self.left)
+            vecs = self.model.embed_batch(enc)
+            error = None
+        except Exception as e:  # fail this batch's requests, keep serving
+            vecs, error = None, OpenAIError(500, f"embedding failed: {type(e).__name__}: {e}", type="server_error")
+        dt = time.perf_counter() - t0
+        self._record_busy(dt)
+        self.metrics.batch_size.labels(self.name, "embedding").observe(len(batch))
+        shares = split_cost(dt, [len(i.token_ids) for i in batch])
+        for k, (item, share) in enumerate(zip(batch, shares, strict=True)):
+            job: _EmbedJob = item.request
+            job.busy_s += share
+            if error is not None:
+                job.loop.call_soon_threadsafe(_set_exc, job.future, error)
+                continue
+            job.vectors[item.index] = vecs[k]
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.loop.call_soon_threadsafe(_set_result, job.future, None)
+
+
+def _set_result(fut: asyncio.Future, value) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exc(fut: asyncio.Future, exc: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+# --------------------------------------------------------------------------------------------------------
+
+
+class GenerationHandle:
+    """One generation request as seen from the event loop: an async iterator of :class:`GenEvent`."""
+
+    def __init__(self, engine: GenerationEngine, seq: GenSequence, queue: asyncio.Queue):
+        self.engine, self.seq, self.queue = engine, seq, queue
+
+    def cancel(self) -> None:
+        if self.seq.finish_reason is None:
+            self.engine.scheduler.cancel(self.seq)
+            self.engine.wake()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> GenEvent:
+        if self.queue is None:
+            raise StopAsyncIteration
+        ev = await self.queue.get()
+        if ev.finish_reason is not None:
+            self.queue = None
+        return ev
+
+    def meter(self) -> Meter:
+        s = self.seq
+        end = s.finished_at or time.perf_counter()
+        return Meter(queue_s=s.queue_s, duration_s=end - s.enqueued_at,
+                     ttft_s=(s.first_token_at - s.enqueued_at) if s.first_token_at else None,
+                     busy_prefill_s=s.busy_prefill_s, busy_decode_s=s.busy_decode_s, usd_per_hour=self.usd_per_hour)
+
+    @property
+    def usd_per_hour(self) -> float:
+        return self.engine.usd_per_hour
+
+
+class GenerationEngine(_EngineBase):
+    """Continuous batching for generation: a :class:`GenerationScheduler` stepped by the engine thread."""
+
+    def __init__(self, model, name, config, metrics, usd_per_hour, runner=None):
+        super().__init__(model, name, config, metrics, usd_per_hour)
+        from .runners import runner_for
+
+        self.scheduler = GenerationScheduler(
+            runner or runner_for(model), max_batch_size=config.max_batch_size,
+            max_batch_tokens=config.max_batch_tokens, eos_token_id=model.eos_token_id,
+            max_seq_len=model.max_seq_length, clock=time.perf_counter, on_step=self._on_step)
+        tok = model.tokenizer
+        self.decode_text = lambda ids: tok.decode(ids, skip_special_tokens=True)
+
+    def pending(self) -> int:
+        s = self.scheduler
+        return len(s.inbox) + len(s.waiting) + len(s.running)
+
+    def waiting(self) -> int:
+        return len(self.scheduler.inbox) + len(self.scheduler.waiting)
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> GenerationHandle:
+        self._check_accepting()
+        waiting = self.waiting()
+        if waiting >= self.config.max_queue:
+            raise queue_full(self.name, waiting)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_event(seq: GenSequence, ev: GenEvent) -> None:  # engine thread
+            loop.call_soon_threadsafe(queue.put_nowait, ev)
+
+        seq = GenSequence(prompt=list(prompt), params=params, on_event=on_event, decode_text=self.decode_text,
+                          enqueued_at=time.perf_counter())
+        self.scheduler.submit(seq)
+        self.metrics.queue_depth.labels(self.name).set(self.waiting())
+        self.wake()
+        return GenerationHandle(self, seq, queue)
+
+    def _on_step(self, kind: str, seconds: float, rows: int) -> None:
+        self._record_busy(seconds)
+        self.metrics.batch_size.labels(self.name, kind).observe(rows)
+
+    def _run(self) -> None:
+        s = self.scheduler
+        while True:
+            with self._cv:
+                while not s.has_work() and not self._stopping:
+                    self._cv.wait(timeout=0.5)
+                if self._stopping:
+                    break
+            try:
+                s.step()
+            except Exception as e:  # a bug in the step itself: fail what is in flight, keep the engine alive
+                s.fail_all(f"{type(e).__name__}: {e}")
+            self.metrics.queue_depth.labels(self.name).set(self.waiting())
+            self.metrics.running.labels(self.name).set(len(s.running))
+        s.fail_all("the server stopped")

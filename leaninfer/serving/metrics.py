@@ -1,0 +1,43 @@
+"""Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServerMetrics:
+    """Every series the issue names, labelled by model (and endpoint/status for requests)."""
+
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("leaninfer_requests_total", "HTTP requests by model, endpoint and status",
+                                ["model", "endpoint", "status"], registry=r)
+        self.errors = Counter("leaninfer_request_errors_total", "requests answered with an error, by type",
+                              ["model", "endpoint", "status", "type"], registry=r)
+        self.input_tokens = Counter("leaninfer_input_tokens_total", "prompt tokens processed", ["model"], registry=r)
+        self.output_tokens = Counter("leaninfer_output_tokens_total", "tokens generated", ["model"], registry=r)
+        self.ttft = Histogram("leaninfer_time_to_first_token_seconds", "time to first token", ["model"],
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("leaninfer_inter_token_latency_seconds", "time between generated tokens", ["model"],
+                             buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("leaninfer_e2e_latency_seconds", "request latency, arrival to last byte",
+                             ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram("leaninfer_queue_time_seconds", "time waiting before the engine took it",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("leaninfer_batch_size", "rows per model call (embedding batch, decode step)",
+                                    ["model", "kind"], buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("leaninfer_queue_depth", "requests waiting for the engine", ["model"], registry=r)
+        self.running = Gauge("leaninfer_running_requests", "requests in the engine's running batch", ["model"],
+                             registry=r)
+        self.busy_seconds = Counter("leaninfer_engine_busy_seconds_total", "engine time spent in model calls",
+                                    ["model"], registry=r)
+        self.utilization = Gauge("leaninfer_engine_utilization", "busy fraction of the engine, last 60 s",
+                                 ["model"], registry=r)
+        self.cost = Counter("leaninfer_cost_usd_total", "engine cost of served requests (busy time x price)",
+                            ["model"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -315,20 +315,13 @@ def _autocast(device: str):
     return contextlib.nullcontext()
 
 
-def _teacher_embeddings(teacher, texts: list[str], max_length: int, batch: int = 64):
-    """Teacher's raw mean-pooled embeddings of every text, computed once, in fixed length-sorted batches."""
+def _teacher_embeddings(teacher, enc_t):
+    """Teacher's raw mean-pooled embeddings of one tokenized batch."""
     import torch
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = torch.empty(len(texts), teacher.module.config.hidden_size)
-    for i in range(0, len(order), batch):
-        idx = order[i:i + batch]
-        enc = teacher.tokenize([texts[j] for j in idx], max_length=max_length)
-        inputs = {k: torch.from_numpy(v).to(teacher.device) for k, v in enc.items()}
-        with torch.no_grad(), _autocast(str(teacher.device)):
-            h = teacher.module(**inputs).last_hidden_state.float()
-        out[idx] = _mean_pool(h, inputs["attention_mask"]).cpu()
-    return out
+    with torch.no_grad(), _autocast(str(teacher.device)):
+        h = teacher.module(**enc_t).last_hidden_state.float()
+    return _mean_pool(h, enc_t["attention_mask"]).cpu()
 
 
 def _mean_pool(hidden, mask):
@@ -405,23 +398,22 @@ def train(cfg: Distill, teacher, student, texts: list[str], ckpt_dir: Path, key:
         else:
             log.warning("distill: %s belongs to another run; starting fresh", ckpt_file)
 
-    teacher_emb = None
+    # Embedding teachers: each text's target is computed the first time a batch holds it, then reused (the
+    # teacher is frozen). The cache is part of the checkpoint, so a resumed run computes the same targets.
+    teacher_emb = have = None
     if teacher.task == "embedding":
-        cache = ckpt_dir / "teacher_embeddings.pt"
-        if cache.exists() and resumed_from:
-            teacher_emb = torch.load(cache, weights_only=True)
-        else:
-            teacher_emb = _teacher_embeddings(teacher, texts, cfg.max_length)
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(teacher_emb, cache)
-        if teacher_emb.shape[1] != student.config.hidden_size:
+        hidden = teacher.module.config.hidden_size
+        if student.config.hidden_size != hidden:
             raise StepError(f"distill: the student's hidden size {student.config.hidden_size} differs from the "
-                            f"teacher's {teacher_emb.shape[1]}; embedding distillation needs them equal")
+                            f"teacher's {hidden}; embedding distillation needs them equal")
+        teacher_emb, have = torch.zeros(len(texts), hidden), torch.zeros(len(texts), dtype=torch.bool)
+        if resumed_from and "teacher_emb" in state:
+            teacher_emb, have = state["teacher_emb"].cpu(), state["have"].cpu()
 
     def checkpoint():
         _save_checkpoint(ckpt_dir, {"key": key, "student": student.state_dict(), "optimizer": opt.state_dict(),
                                     "scaler": scaler.state_dict(), "step": step, "losses": losses,
-                                    "elapsed_s": elapsed})
+                                    "elapsed_s": elapsed, "teacher_emb": teacher_emb, "have": have})
 
     stopped_by = "max_steps"
     t_start = time.perf_counter() - elapsed
@@ -438,6 +430,16 @@ def train(cfg: Distill, teacher, student, texts: list[str], ckpt_dir: Path, key:
                 enc_t = {k: torch.from_numpy(v).to(device) for k, v in enc.items()}
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * _lr_factor(step, cfg.warmup_steps, cfg.max_steps)
+                if teacher_emb is not None:
+                    t_idx = torch.from_numpy(idx)
+                    missing = t_idx[~have[t_idx]]
+                    if len(missing) == len(t_idx):
+                        teacher_emb[t_idx] = _teacher_embeddings(teacher, enc_t)
+                    elif len(missing):
+                        enc_m = teacher.tokenize([texts[i] for i in missing.tolist()], max_length=cfg.max_length)
+                        teacher_emb[missing] = _teacher_embeddings(
+                            teacher, {k: torch.from_numpy(v).to(device) for k, v in enc_m.items()})
+                    have[t_idx] = True
                 with _autocast(device):
                     if teacher_emb is not None:
                         loss = _embedding_loss(cfg, student, teacher_emb, enc_t, torch.from_numpy(idx))

@@ -1,0 +1,175 @@
+"""The batching/scheduling core alone: no model, no HTTP."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from leaninfer.serving.core import (
+    EmbedItem,
+    GenerationScheduler,
+    GenSequence,
+    Sampler,
+    SamplingParams,
+    TextTracker,
+    form_embedding_batches,
+    split_cost,
+)
+
+VOCAB = 50
+
+
+class FakeRunner:
+    """Deterministic logits: the next token is (sum of the sequence's tokens) % VOCAB; records call sizes."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.seqs: dict[int, list[int]] = {}
+        self.calls: list[tuple[str, int]] = []
+        self.fail_on = fail_on
+
+    def _logits(self, ids):
+        out = np.zeros((len(ids), VOCAB), np.float32)
+        for r, s in enumerate(ids):
+            out[r, sum(self.seqs[s]) % VOCAB] = 1.0
+        return out
+
+    def prefill(self, ids, prompts):
+        if self.fail_on is not None and any(p[0] == self.fail_on for p in prompts):
+            raise RuntimeError("bad prompt")
+        self.calls.append(("prefill", len(ids)))
+        for s, p in zip(ids, prompts, strict=True):
+            self.seqs[s] = list(p)
+        return self._logits(ids)
+
+    def decode(self, ids, tokens):
+        self.calls.append(("decode", len(ids)))
+        for s, t in zip(ids, tokens, strict=True):
+            self.seqs[s].append(t)
+        return self._logits(ids)
+
+    def release(self, ids):
+        for s in ids:
+            self.seqs.pop(s)
+
+
+def expected(prompt, n):
+    seq, out = list(prompt), []
+    for _ in range(n):
+        t = sum(seq) % VOCAB
+        out.append(t)
+        seq.append(t)
+    return out
+
+
+def make(prompt, n, events=None, **kw):
+    def on_event(seq, ev):
+        if events is not None:
+            events.append((seq.id, ev))
+    return GenSequence(prompt=prompt, params=SamplingParams(max_tokens=n, temperature=0, **kw), on_event=on_event)
+
+
+def run(s):
+    while s.has_work():
+        s.step()
+
+
+def test_embedding_batches_respect_size_tokens_and_group_lengths():
+    items = [EmbedItem([1] * n, enqueued_at=float(i)) for i, n in enumerate([5, 40, 6, 41, 7, 42, 100])]
+    batches = form_embedding_batches(items, max_batch_size=3, max_batch_tokens=130)
+    assert sorted(len(i.token_ids) for b in batches for i in b) == sorted(len(i.token_ids) for i in items)
+    for b in batches:
+        assert len(b) <= 3
+        assert max(len(i.token_ids) for i in b) * len(b) <= 130 or len(b) == 1
+    assert [len(i.token_ids) for i in batches[0]] == [5, 6, 7]  # the oldest item's batch first, short together
+    assert form_embedding_batches([], 4, 10) == []
+
+
+def test_split_cost_by_tokens():
+    assert split_cost(2.0, [1, 3]) == [0.5, 1.5]
+    assert split_cost(1.0, [0, 0]) == [0.5, 0.5]
+
+
+def test_sampler_greedy_seeded_and_top_p():
+    logits = np.array([0.0, 3.0, 1.0, 2.0])
+    assert Sampler(SamplingParams(temperature=0)).sample(logits) == 1
+    a = [Sampler(SamplingParams(temperature=1.0, seed=7)).sample(logits) for _ in range(5)]
+    assert len(set(a)) == 1  # same seed, same choice
+    draws = {Sampler(SamplingParams(temperature=1.0, top_p=0.5, seed=s)).sample(logits) for s in range(50)}
+    assert draws == {1}  # token 1 alone holds more than half the mass
+    draws = {Sampler(SamplingParams(temperature=2.0, seed=s)).sample(logits) for s in range(200)}
+    assert draws == {0, 1, 2, 3}
+
+
+def test_text_tracker_holds_back_stop_prefixes():
+    t = TextTracker(lambda ids: "".join(chr(97 + i) for i in ids), stop=["cd"])
+    assert t.add(0) == "a"
+    assert t.add(1) == "b"
+    assert t.add(2) == ""  # "c" might start "cd"
+    assert t.add(3) == "" and t.stopped and t.text == "ab"
+    t2 = TextTracker(lambda ids: "".join(chr(97 + i) for i in ids), stop=["cd"])
+    out = "".join(t2.add(i) for i in (0, 2, 4))  # "c" then "e": the held "c" is released
+    assert out == "ace" and not t2.stopped
+
+
+def test_continuous_batching_joins_and_leaves_between_steps():
+    r = FakeRunner()
+    s = GenerationScheduler(r, max_batch_size=2, eos_token_id=None)
+    a, b, c = make([1, 2], 3), make([3], 8), make([4, 4], 2)
+    for q in (a, b, c):
+        s.submit(q)
+    run(s)
+    assert a.output == expected([1, 2], 3) and b.output == expected([3], 8) and c.output == expected([4, 4], 2)
+    assert [x.finish_reason for x in (a, b, c)] == ["length"] * 3
+    # c joined as soon as a left (not when b finished): a prefill of 1 while b was still decoding
+    i = r.calls.index(("prefill", 1))
+    assert b.finished_at > c.started_at and i < len(r.calls) - 1
+    assert max(n for k, n in r.calls if k == "decode") == 2  # never more than max_batch_size rows
+    assert all(x.busy_s > 0 for x in (a, b, c))
+
+
+def test_cancel_frees_the_slot_and_failure_stays_local():
+    events = []
+    r = FakeRunner(fail_on=9)
+    s = GenerationScheduler(r, max_batch_size=1, eos_token_id=None)
+    a, b = make([1], 100, events), make([2], 2, events)
+    s.submit(a)
+    s.submit(b)
+    s.step()
+    s.step()
+    s.cancel(a)
+    run(s)
+    assert a.finish_reason == "cancelled" and len(a.output) < 100
+    assert b.output == expected([2], 2) and r.seqs == {}
+    bad, good = make([9], 3), make([1], 3)
+    s2 = GenerationScheduler(FakeRunner(fail_on=9), max_batch_size=4)
+    s2.submit(good)
+    s2.step()
+    s2.submit(bad)
+    run(s2)
+    assert bad.finish_reason == "error" and good.output == expected([1], 3)
+
+
+def test_eos_and_stop_strings_finish_with_stop():
+    s = GenerationScheduler(FakeRunner(), max_batch_size=4, eos_token_id=expected([5], 2)[1])
+    q = make([5], 10)
+    s.submit(q)
+    run(s)
+    assert q.finish_reason == "stop" and len(q.output) == 2
+    ign = make([5], 4, ignore_eos=True)
+    s.submit(ign)
+    run(s)
+    assert ign.finish_reason == "length" and len(ign.output) == 4
+    events = []
+    st = GenSequence(prompt=[1], params=SamplingParams(max_tokens=10, temperature=0, stop=["3"]),
+                     on_event=lambda seq, ev: events.append(ev), decode_text=lambda ids: "".join(map(str, ids)))
+    s.submit(st)
+    run(s)
+    text = "".join(e.text for e in events)
+    assert st.finish_reason == "stop" and "3" not in text and events[-1].finish_reason == "stop"
+
+
+def test_max_seq_len_ends_with_length():
+    s = GenerationScheduler(FakeRunner(), max_batch_size=4, max_seq_len=5)
+    q = make([1, 2, 3], 10)
+    s.submit(q)
+    run(s)
+    assert q.finish_reason == "length" and len(q.output) == 2

@@ -1,0 +1,154 @@
+"""CLI commands of the benchmarks job: bench, curves, forecast, hardware. Registered by leaninfer.cli."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def register(app: typer.Typer, user_errors) -> None:
+    @app.command("bench")
+    @user_errors
+    def bench_cmd(
+        model: str = typer.Option(None, "--model", help="model reference (default: the suite's, else minilm)"),
+        variants: str = typer.Option(None, "--variants",
+                                     help="comma-separated: fp32, steps (int8, onnx+ort-int8, int8:method=torch-dynamic), "
+                                          "name=steps, or artifact dirs; fp32 is always added"),
+        suite: str = typer.Option(None, "--suite", help="cpu-quick, llm-cpu, gpu or tiny: defaults for every flag"),
+        batch_sizes: str = typer.Option(None, "--batch-sizes", help="e.g. 1,8,32"),
+        seq_lens: str = typer.Option(None, "--seq-lens", help="embeddings: tokens per sequence, e.g. 128"),
+        prompt_tokens: int = typer.Option(None, "--prompt-tokens", min=1, help="generation: prompt length"),
+        gen_tokens: int = typer.Option(None, "--gen-tokens", min=1, help="generation: new tokens per sequence"),
+        hardware: str = typer.Option(None, "--hardware", help="price the measured machine as this profile "
+                                                              "(default: local, unpriced)"),
+        usd_per_hour: float = typer.Option(None, "--usd-per-hour", min=0, help="price of the measured machine"),
+        profiles: Path = typer.Option(None, "--profiles", help="YAML file with more hardware profiles"),
+        project_to: str = typer.Option(None, "--project-to", help="profiles to project to (roofline scaling)"),
+        utilization: float = typer.Option(None, "--utilization", help="fraction of the paid hour the hardware is busy"),
+        max_p95_ms: float = typer.Option(None, "--max-p95-ms", help="latency objective for the advice"),
+        min_cosine: float = typer.Option(None, "--min-cosine", help="quality floor (embeddings) for the advice"),
+        max_sts_drop: float = typer.Option(None, "--max-sts-drop", help="quality floor: STS points (needs --sts)"),
+        max_ppl_increase_pct: float = typer.Option(None, "--max-ppl-increase-pct", help="quality floor (LMs)"),
+        sts: Path = typer.Option(None, "--sts", help="STS CSV for the variants' quality check"),
+        threads: int = typer.Option(None, "--threads", min=1, help="threads for every variant (default: cores)"),
+        device: str = typer.Option(None, "--device", help="cpu or cuda"),
+        rounds: int = typer.Option(None, "--rounds", min=1, help="measure every variant this many times, interleaved"),
+        min_time_s: float = typer.Option(None, "--min-time-s", help="measure each configuration at least this long"),
+        out_dir: Path = typer.Option(Path("leaninfer-out/bench"), "--out", help="report folder"),
+        as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    ):
+        """Measure variants against FP32 (each in a fresh process): latency, throughput, memory, cost, roofline."""
+        import sys
+
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..errors import LeaninferError
+        from .runner import BenchConfig, run_bench
+        from .suites import get_suite
+
+        settings = get_suite(suite) if suite else {}
+        given = {"model": model, "variants": _csv(variants), "batch_sizes": batch_sizes, "seq_lens": seq_lens,
+                 "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "hardware": hardware,
+                 "usd_per_hour": usd_per_hour, "profiles_yaml": str(profiles) if profiles else None,
+                 "project_to": _csv(project_to), "utilization": utilization, "max_p95_ms": max_p95_ms,
+                 "min_cosine": min_cosine, "max_sts_drop": max_sts_drop, "max_ppl_increase_pct": max_ppl_increase_pct,
+                 "sts": str(sts) if sts else None, "threads": threads, "device": device, "rounds": rounds,
+                 "min_time_s": min_time_s}
+        settings.update({k: v for k, v in given.items() if v is not None})
+        if sts is not None and not sts.is_file():
+            raise LeaninferError(f"STS file {str(sts)!r} does not exist")
+        cfg = BenchConfig(suite=suite, **settings)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            bar = progress.add_task("starting", total=None)
+
+            def on_event(label, done, total):
+                progress.update(bar, description=label, completed=done, total=total)
+
+            report = run_bench(cfg, out_dir, on_event=on_event, argv=["leaninfer", *sys.argv[1:]])
+        if as_json:
+            print(json.dumps(report, default=str))
+            return
+        out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
+        console.print(f"[green]report[/] {out_dir.resolve() / 'report.md'} (raw samples in report.json)")
+
+    @app.command("curves")
+    @user_errors
+    def curves_cmd(
+        report_dir: Path = typer.Argument(..., help="a bench --out folder"),
+        hardware: str = typer.Option(None, "--hardware", help="re-price the measured machine as this profile"),
+        usd_per_hour: float = typer.Option(None, "--usd-per-hour", min=0),
+        project_to: str = typer.Option(None, "--project-to", help="profiles to project to"),
+        profiles: Path = typer.Option(None, "--profiles", help="YAML file with more hardware profiles"),
+        utilization: float = typer.Option(None, "--utilization"),
+        max_p95_ms: float = typer.Option(None, "--max-p95-ms"),
+    ):
+        """Redraw the cost curves (and projections, advice) of a bench report with other prices or hardware."""
+        from .runner import recompute
+
+        report = recompute(report_dir, hardware=hardware, usd_per_hour=usd_per_hour, project_to=_csv(project_to),
+                           profiles_yaml=str(profiles) if profiles else None, utilization=utilization,
+                           max_p95_ms=max_p95_ms)
+        for p in report.get("plots", []):
+            out.print(p)
+        out.print(report["advice"]["text"])
+
+    @app.command("forecast")
+    @user_errors
+    def forecast_cmd(
+        report_dir: Path = typer.Argument(..., help="a bench --out folder"),
+        requests_per_day: float = typer.Option(..., "--requests-per-day", min=0),
+        input_tokens: float = typer.Option(..., "--input-tokens", min=0, help="input tokens per request"),
+        output_tokens: float = typer.Option(0, "--output-tokens", min=0, help="output tokens per request"),
+        max_utilization: float = typer.Option(0.7, "--max-utilization", help="keep each machine at most this busy"),
+        max_p95_ms: float = typer.Option(None, "--max-p95-ms"),
+        as_json: bool = typer.Option(False, "--json"),
+    ):
+        """Monthly cost of a traffic profile for every (variant, hardware) option of a bench report."""
+        from .forecast import forecast
+        from .report import load_report
+
+        rows = forecast(load_report(report_dir), requests_per_day, input_tokens, output_tokens,
+                        max_utilization=max_utilization, max_p95_ms=max_p95_ms)
+        if as_json:
+            print(json.dumps(rows))
+            return
+        t = Table(title=f"{requests_per_day:,.0f} requests/day, {input_tokens:g} in + {output_tokens:g} out tokens each")
+        for col in ("variant", "hardware", "label", "batch", "machines", "busy %", "$/month", "$/month if busy-only"):
+            t.add_column(col, justify="left" if col in ("variant", "hardware", "label") else "right")
+        for r in rows:
+            t.add_row(r["variant"], r["hardware"], r["label"], str(r["batch_size"]), str(r["instances"]),
+                      f"{100 * r['utilization']:.1f}", f"{r['usd_per_month']:,.2f}", f"{r['usd_per_month_busy_only']:,.2f}")
+        out.print(t)
+
+    @app.command("hardware")
+    @user_errors
+    def hardware_cmd(profiles: Path = typer.Option(None, "--profiles", help="YAML file with more profiles")):
+        """List the hardware profiles (prices with date and source) and this machine."""
+        from ..hardware import detect_local, load_profiles
+
+        t = Table(title="hardware profiles (on-demand prices; check before you buy)")
+        for col in ("name", "kind", "$/hour", "price date", "GB", "GB/s", "TFLOP/s fp32/16/int8", "description"):
+            t.add_column(col)
+        for p in load_profiles(profiles).values():
+            pk = p.peak_tflops_per_s
+            t.add_row(p.name, p.kind, f"{p.usd_per_hour:g}" if p.priced else "–", p.price_date or "–",
+                      f"{p.memory_gb:g}" if p.memory_gb else "–",
+                      f"{p.memory_bandwidth_gb_per_s:g}" if p.memory_bandwidth_gb_per_s else "–",
+                      "/".join(f"{pk[k]:g}" if k in pk else "–" for k in ("fp32", "fp16", "int8")), p.description)
+        out.print(t)
+        hw = detect_local()
+        out.print(f"local: {hw.cpu_name}, {hw.physical_cores} cores, INT8 path {hw.int8_isa}, "
+                  f"{hw.ram_bytes / 1e9:.1f} GB RAM" + (f", GPU {hw.gpu_name}" if hw.gpu_name else "")
+                  + " — unpriced: use --usd-per-hour or --hardware PROFILE with bench")

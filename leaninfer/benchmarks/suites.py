@@ -1,0 +1,67 @@
+"""Benchmark suites shipped with leaninfer: named, versioned sets of bench settings.
+
+A suite gives defaults; any flag given on the command line overrides it.
+"""
+
+from __future__ import annotations
+
+from ..errors import LeaninferError, valid_list
+
+SUITES: dict[str, dict] = {
+    # minilm (real weights), the optimize job's CPU variants; under 10 minutes on 2 cores.
+    "cpu-quick": {
+        "description": "minilm: FP32 vs PyTorch INT8 (torchao, torch.ao dynamic), ONNX Runtime INT8, OpenVINO INT8; "
+                       "batch 1/8/32 at 128 tokens; 2 interleaved rounds",
+        "model": "minilm",
+        "variants": ["fp32", "int8", "int8-dyn=int8:method=torch-dynamic", "onnx+ort-int8", "openvino+ov-int8"],
+        "batch_sizes": [1, 8, 32],
+        "seq_lens": [128],
+        "min_time_s": 1.5,
+        "rounds": 2,
+        "project_to": ["aws-c7a.large", "aws-c7i.2xlarge", "aws-g4dn.xlarge", "aws-g6.xlarge"],
+    },
+    # A random-weight GPT-2 small: decode with a KV cache, FP32 vs INT8 paths, batch 1..16.
+    "llm-cpu": {
+        "description": "random:gpt2: FP32 vs INT8 (torchao; torch.ao dynamic with and without lm_head); "
+                       "prompt 64, 32 new tokens, batch 1/4/16",
+        "model": "random:gpt2",
+        "variants": ["fp32", "int8", "int8-dyn=int8:method=torch-dynamic",
+                     "int8-dyn-all=int8:method=torch-dynamic:exclude="],
+        "batch_sizes": [1, 4, 16],
+        "prompt_tokens": 64,
+        "gen_tokens": 32,
+        "gen_repeats": 3,
+        "project_to": ["aws-c7a.large", "aws-c7i.2xlarge", "aws-g6.xlarge", "h100-sxm"],
+    },
+    # For a CUDA box.
+    "gpu": {
+        "description": "random:qwen2.5-0.5b on CUDA: FP32, FP16, BF16, INT8 (torchao); prompt 128, 64 new, batch 1..64",
+        "model": "random:qwen2.5-0.5b",
+        "device": "cuda",
+        "variants": ["fp32", "fp16", "bf16", "int8"],
+        "batch_sizes": [1, 8, 32, 64],
+        "prompt_tokens": 128,
+        "gen_tokens": 64,
+        "gen_repeats": 3,
+        "project_to": ["aws-g4dn.xlarge", "aws-g6.xlarge", "gcp-a2-highgpu-1g", "h100-sxm"],
+    },
+    # Seconds, for tests and the notebook.
+    "tiny": {
+        "description": "random:tiny-bert, FP32 vs FP16, batch 1/2 at 16 tokens (tests, notebook)",
+        "model": "random:tiny-bert",
+        "variants": ["fp32", "fp16"],
+        "batch_sizes": [1, 2],
+        "seq_lens": [16],
+        "warmup": 1,
+        "min_repeats": 3,
+        "max_repeats": 10,
+        "min_time_s": 0.05,
+        "project_to": ["aws-g6.xlarge"],
+    },
+}
+
+
+def get_suite(name: str) -> dict:
+    if name not in SUITES:
+        raise LeaninferError(f"unknown suite {name!r}; valid suites: {valid_list(SUITES)}")
+    return {k: v for k, v in SUITES[name].items() if k != "description"}

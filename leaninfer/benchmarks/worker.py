@@ -1,0 +1,283 @@
+"""What runs inside a fresh benchmark process: build a variant, or load one and measure it.
+
+Kept free of heavy imports at module level: a spawned child imports this module first, sets its thread
+count, and only then imports torch, so every variant starts from the same clean state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+
+
+def _set_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["LEANINFER_THREADS"] = str(threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _quiet() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("torchao", "nncf", "transformers", "onnxruntime", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def child_main(kind: str, job: dict, result_path: str) -> None:
+    """Entry point of a spawned process: run `kind` ('build', 'measure', 'bandwidth'), write JSON."""
+    import json
+
+    try:
+        _set_threads(job["threads"])
+        _quiet()
+        fn = {"build": build_variant, "measure": measure_variant, "bandwidth": bandwidth_job}[kind]
+        result = {"status": "ok", **fn(job)}
+    except BaseException as e:  # the parent turns this into a failed variant and goes on
+        result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    with open(result_path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(result_path + ".tmp", result_path)
+
+
+def bandwidth_job(job: dict) -> dict:
+    from .measures import measure_bandwidth
+
+    return {"bandwidth": measure_bandwidth(threads=job["threads"], device=job["device"]).to_dict()}
+
+
+def build_variant(job: dict) -> dict:
+    """Make the artifact of a variant from the source model (the optimize job, with its quality check)."""
+    from ..optimize import optimize
+
+    t0 = time.perf_counter()
+    r = optimize(job["model"], job["steps"], job["artifact_dir"], overwrite=True, device=job["device"],
+                 sts=job.get("sts"))
+    m = r.manifest
+    return {"artifact": str(r.path), "build_s": time.perf_counter() - t0, "quality": m.get("quality"),
+            "notes": m.get("notes", []), "steps": m.get("steps")}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _token_source(model, n: int):
+    """Token ids of real text (the bundled sentences), repeated to `n`: realistic ids, exact lengths."""
+    import numpy as np
+
+    from ..data import default_texts
+
+    ids = model.tokenizer(" ".join(default_texts()), add_special_tokens=False)["input_ids"]
+    reps = n // max(len(ids), 1) + 1
+    return np.asarray((ids * reps)[:n], dtype=np.int64)
+
+
+def _batch(model, batch: int, seq: int) -> dict:
+    import numpy as np
+
+    src = _token_source(model, batch * seq + batch * 7)
+    rows = np.stack([src[i * 7:i * 7 + seq] for i in range(batch)])  # offset rows: not all the same sentence
+    return {"input_ids": rows, "attention_mask": np.ones_like(rows)}
+
+
+def _timed_repeats(fn, *, warmup: int, min_repeats: int, max_repeats: int, min_time_s: float, device: str):
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples, t_start = [], time.perf_counter()
+    while len(samples) < max_repeats and (len(samples) < min_repeats or time.perf_counter() - t_start < min_time_s):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def _matmul_params_and_lookup_bytes(model) -> tuple[int, int]:
+    """Parameters used in matmuls per token, and bytes of embedding tables only looked up (not read whole).
+
+    A tied lm_head reads the token-embedding table every step; an untied one, a position table or an
+    encoder's word table is only indexed, so those bytes don't count toward what a step reads.
+    """
+    n_params = model.num_parameters()
+    cfg = model.config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)
+    vocab = getattr(cfg, "vocab_size", 0)
+    lookup_params = 0
+    pos = getattr(cfg, "n_positions", None) if getattr(cfg, "model_type", "") == "gpt2" else (
+        getattr(cfg, "max_position_embeddings", None) if getattr(cfg, "model_type", "") == "bert" else None)
+    if pos:
+        lookup_params += pos * hidden
+    tied = model.task == "causal-lm" and getattr(cfg, "tie_word_embeddings", True)
+    if not tied:
+        lookup_params += vocab * hidden
+    lookup_bytes = 0
+    if model.backend == "torch":
+        import torch
+
+        lm_head = getattr(model.module, "lm_head", None)
+        head_w = getattr(lm_head, "weight", None) if isinstance(lm_head, torch.nn.Linear) else None
+        for m in model.module.modules():
+            if isinstance(m, torch.nn.Embedding) and (head_w is None or m.weight is not head_w):
+                lookup_bytes += m.weight.numel() * m.weight.element_size()
+    else:
+        lookup_bytes = lookup_params * (4 if model.precision == "fp32" else 2)
+    return max(n_params - lookup_params, 1), lookup_bytes
+
+
+def measure_variant(job: dict) -> dict:
+    """Load the variant in this fresh process, measure every configuration of the job, return raw samples."""
+    import torch
+
+    from ..artifacts import library_versions
+    from ..hardware import detect_local
+    from ..models import load
+    from .measures import Latency, dir_bytes, hwm_bytes, model_shape, reset_peak_rss, rss_bytes
+
+    device = job["device"]
+    rss_before = rss_bytes()
+    reset_ok = reset_peak_rss()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model = load(job.get("artifact") or job["model"], device=device)
+    load_s = time.perf_counter() - t0
+    rss_loaded = rss_bytes()
+    matmul_params, lookup_bytes = _matmul_params_and_lookup_bytes(model)
+    weight_bytes = model.weight_bytes()
+    out = {
+        "model": {**model.describe(), "state": model.state, "matmul_params": matmul_params,
+                  "lookup_only_bytes": lookup_bytes, "shape": model_shape(model.config)},
+        "load_s": load_s,
+        "threads": torch.get_num_threads(),
+        "library_versions": library_versions(),
+        "hardware": detect_local().to_dict(),
+        "pid": os.getpid(),
+        "results": [],
+        "notes": [],
+    }
+    if job.get("artifact"):
+        out["size_on_disk_bytes"] = dir_bytes(job["artifact"])
+    rep = dict(warmup=job["warmup"], min_repeats=job["min_repeats"], max_repeats=job["max_repeats"],
+               min_time_s=job["min_time_s"], device=device)
+    if model.task == "embedding":
+        for bs in job["batch_sizes"]:
+            for seq in job["seq_lens"]:
+                seq_eff = min(seq, model.max_seq_length)
+                enc = _batch(model, bs, seq_eff)
+                samples = _timed_repeats(lambda enc=enc: model.embed_batch(enc), **rep)
+                lat = Latency.from_samples(samples)
+                out["results"].append({
+                    "kind": "embedding", "batch_size": bs, "seq_len": seq_eff, "samples_s": samples,
+                    "latency": lat.to_dict(), "tokens_per_batch": bs * seq_eff,
+                    "tokens_per_s": bs * seq_eff / (lat.p50_ms / 1000), "sequences_per_s": bs / (lat.p50_ms / 1000),
+                })
+    else:
+        if model.backend != "torch":
+            out["notes"].append(f"{model.backend} causal-LM graphs have no KV cache in leaninfer: generation is "
+                                "not benchmarked on them (it would recompute the prefix every token)")
+        else:
+            for bs in job["batch_sizes"]:
+                out["results"].append(_measure_generation(model, bs, job["prompt_tokens"], job["gen_tokens"],
+                                                          job["gen_repeats"], device))
+    out["rss_after_load_bytes"] = rss_loaded - rss_before
+    out["peak_rss_bytes"] = hwm_bytes() - rss_before if reset_ok else None
+    out["peak_rss_note"] = ("peak RSS of the process during load and measurement minus RSS before loading"
+                            if reset_ok else "peak RSS could not be isolated on this OS")
+    out["weight_bytes"] = weight_bytes
+    if device.startswith("cuda"):
+        out["cuda_max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+def _measure_generation(model, batch: int, prompt_tokens: int, gen_tokens: int, repeats: int, device: str) -> dict:
+    """Greedy decode with a KV cache, every step timed on its own.
+
+    Design: a manual loop over the HF module (not `generate`) so that the prefill (time to first token) and
+    each decode step are separate clock readings, synced on GPUs. Exactly `gen_tokens` tokens per sequence
+    (no early stop at EOS), prompts of exactly `prompt_tokens` real-text tokens with no padding. The prefill
+    computes logits for the last position only (`logits_to_keep=1`), for baseline and variants alike.
+    """
+    import torch
+
+    from .measures import Latency
+
+    enc = _batch(model, batch, prompt_tokens)
+    ids = torch.from_numpy(enc["input_ids"]).to(device)
+    mask0 = torch.ones_like(ids)
+    module = model.module
+
+    def one_pass():
+        with torch.inference_mode():
+            _sync(device)
+            t0 = time.perf_counter()
+            o = module(input_ids=ids, attention_mask=mask0, use_cache=True, logits_to_keep=1)
+            nxt = o.logits[:, -1].argmax(-1, keepdim=True)
+            _sync(device)
+            prefill = time.perf_counter() - t0
+            past, mask, steps = o.past_key_values, mask0, []
+            for _ in range(gen_tokens - 1):
+                mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+                t = time.perf_counter()
+                o = module(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
+                nxt = o.logits[:, -1].argmax(-1, keepdim=True)
+                _sync(device)
+                steps.append(time.perf_counter() - t)
+                past = o.past_key_values
+        return prefill, steps
+
+    one_pass()  # warm-up
+    prefills, itl, decode_rates, e2e_rates = [], [], [], []
+    for _ in range(repeats):
+        prefill, steps = one_pass()
+        prefills.append(prefill)
+        itl.extend(steps)
+        decode_rates.append(batch * len(steps) / sum(steps) if steps else float("nan"))
+        e2e_rates.append(batch * gen_tokens / (prefill + sum(steps)))
+    import statistics
+
+    ttft = Latency.from_samples(prefills)
+    inter = Latency.from_samples(itl) if itl else None
+    kv_dtype_bytes = 2 if model.precision in ("fp16", "bf16") else 4
+    return {
+        "kind": "generation", "batch_size": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+        "repeats": repeats, "prefill_samples_s": prefills, "itl_samples_s": itl,
+        "ttft": ttft.to_dict(), "inter_token": inter.to_dict() if inter else None,
+        "input_tokens_per_s": batch * prompt_tokens / (ttft.p50_ms / 1000),
+        "decode_tokens_per_s": statistics.median(decode_rates),
+        "decode_tokens_per_s_per_repeat": decode_rates,
+        "output_tokens_per_s": statistics.median(e2e_rates),
+        "kv_bytes_per_elem": kv_dtype_bytes,
+        "mean_context": prompt_tokens + gen_tokens / 2,
+    }
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    _kind, _job, _result = sys.argv[1:4]
+    with open(_job) as _f:
+        child_main(_kind, json.load(_f), _result)

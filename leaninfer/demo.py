@@ -11,9 +11,16 @@ from rich.table import Table
 # (name, steps): FP32 is the reference; then PyTorch-native INT8, ONNX Runtime INT8, OpenVINO static INT8.
 DEMO_VARIANTS = [
     ("int8 (torchao)", "int8"),
-    ("ort-int8 (ONNX Runtime dynamic)", "onnx,ort-int8"),
-    ("ov-int8 (OpenVINO static)", "openvino,ov-int8"),
+    ("ort-int8", "onnx,ort-int8"),
+    ("ov-int8", "openvino,ov-int8"),
 ]
+BASELINE = "fp32 (torch)"
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_demo(out_dir: Path, *, sts=None, batch_size: int = 32, repeats: int = 5, console, out) -> list[dict]:
@@ -28,7 +35,7 @@ def run_demo(out_dir: Path, *, sts=None, batch_size: int = 32, repeats: int = 5,
     hw = detect_local()
     console.print(f"leaninfer demo on {hw.cpu_name} ({hw.physical_cores} cores, INT8 path: {hw.int8_isa})")
     reference = load("minilm")
-    models, rows = {"fp32 (PyTorch)": reference}, {}
+    models, rows = {BASELINE: reference}, {}
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("building variants", total=len(DEMO_VARIANTS))
         for name, steps in DEMO_VARIANTS:
@@ -40,13 +47,19 @@ def run_demo(out_dir: Path, *, sts=None, batch_size: int = 32, repeats: int = 5,
                           "size_bytes": result.manifest["weight_bytes"], "quality": result.manifest["quality"]}
             progress.advance(bar)
         progress.update(bar, description=f"measuring throughput ({repeats} interleaved rounds)")
-        texts = default_texts() * 3
+        if sts:  # measure on the STS sentences themselves: both columns, as in the quality check
+            from .evaluate import read_sts
+
+            s1, s2, _ = read_sts(sts)
+            texts = s1 + s2
+        else:
+            texts = default_texts() * 3
         speed = compare_throughput(models, make_batches(reference, texts, batch_size), repeats=repeats)
-    rows = {"fp32 (PyTorch)": {"steps": "-", "path": "(bundled)", "size_bytes": reference.weight_bytes(),
+    rows = {BASELINE: {"steps": "-", "path": "(bundled)", "size_bytes": reference.weight_bytes(),
                                "quality": evaluate(reference, reference, sts=sts)}} | rows
-    base = speed["fp32 (PyTorch)"].tokens_per_s
-    table = Table(title=f"minilm variants, batch {batch_size}, {reference.tokenizer.__class__.__name__} tokens, "
-                        f"{hw.cpu_name}")
+    base = speed[BASELINE].tokens_per_s
+    table = Table(title=f"minilm variants: batch {batch_size}, {len(texts)} texts, same length-sorted batches "
+                        f"for all, {torch_threads()} threads, {hw.cpu_name}")
     for col in ("variant", "size MB", "tokens/s", "speedup vs FP32", "cosine to FP32"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     if sts:

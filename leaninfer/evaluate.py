@@ -79,11 +79,10 @@ def evaluate(target: Model, reference: Model | None = None, *, sts: str | Path |
 
 def _evaluate_embedding(target, reference, sts, texts) -> dict:
     texts = texts or default_texts()
-    out: dict = {"task": "embedding", "weights": target.weights, "num_texts": len(texts)}
-    emb = target.embed(texts)
+    out: dict = {"task": "embedding", "weights": target.weights}
     if reference is not None:
-        cos = (emb * reference.embed(texts)).sum(-1)
-        out |= {"mean_cosine_to_reference": float(cos.mean()), "min_cosine_to_reference": float(cos.min())}
+        cos = (target.embed(texts) * reference.embed(texts)).sum(-1)
+        out |= {"num_texts": len(texts), "mean_cosine_to_reference": float(cos.mean()), "min_cosine_to_reference": float(cos.min())}
     if sts is not None:
         if target.is_random:
             out["sts_spearman"] = RANDOM_NOTE

@@ -11,6 +11,7 @@ Quantization is ONNX Runtime's own ``onnxruntime.quantization``. Fusion (attenti
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -109,8 +110,13 @@ class OnnxExport(StepConfig):
         args = tuple(torch.from_numpy(sample[k]) for k in ("input_ids", "attention_mask"))
         axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                 "output": {0: "batch"} if model.task == "embedding" else {0: "batch", 1: "sequence"}}
+        traced = copy.deepcopy(model.module)
+        # Eager attention exports as the MatMul/Softmax pattern ORT's fusion pass recognizes (an SDPA export
+        # fuses to 0 Attention nodes); the numbers are the same, the parity check below proves it.
+        with contextlib.suppress(Exception):
+            traced.set_attn_implementation("eager")
         with torch.inference_mode():
-            torch.onnx.export(_wrapper(copy.deepcopy(model.module), model.task), args, str(path), dynamo=False,
+            torch.onnx.export(_wrapper(traced, model.task), args, str(path), dynamo=False,
                               opset_version=self.opset, input_names=["input_ids", "attention_mask"],
                               output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
         out = OrtModel(path, ref=model.ref, task=model.task, tokenizer=model.tokenizer, config=model.config,

@@ -291,6 +291,8 @@ def create_app(models: dict[str, object], config: ServerConfig | None = None) ->
         try:
             text, reason = await until_disconnect(request, collect())
         finally:
+            if handle.seq.finish_reason is None:
+                metrics.cancelled.labels(s.name).inc()
             handle.cancel()  # no-op when finished; frees the slot on disconnect, timeout or error
         usage = finish_metrics(s, handle, len(prompt))
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
@@ -344,6 +346,8 @@ def create_app(models: dict[str, object], config: ServerConfig | None = None) ->
                             "usage": usage})
             yield b"data: [DONE]\n\n"
         finally:  # the client went away (generator closed) or we are done: free the slot either way
+            if handle.seq.finish_reason is None:
+                metrics.cancelled.labels(s.name).inc()
             handle.cancel()
 
     return app

@@ -36,6 +36,8 @@ class ServerMetrics:
                                     ["model"], registry=r)
         self.utilization = Gauge("leaninfer_engine_utilization", "busy fraction of the engine, last 60 s",
                                  ["model"], registry=r)
+        self.cancelled = Counter("leaninfer_cancelled_requests_total",
+                                 "generations cancelled before the end (client gone, timeout)", ["model"], registry=r)
         self.cost = Counter("leaninfer_cost_usd_total", "engine cost of served requests (busy time x price)",
                             ["model"], registry=r)
 

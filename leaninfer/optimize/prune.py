@@ -538,7 +538,9 @@ class Prune2of4(FilteredStep):
             raise StepError("prune-2of4: no selected Linear has both dimensions a multiple of 64")
         ctx.note(f"prune-2of4: {len(converted)} Linear modules now hold a 2:4 pattern (half their weights zero). "
                  "The artifact stores them dense (it reloads anywhere, at dense speed); "
-                 "leaninfer.optimize.prune.to_semi_structured(model) swaps them to the sparse kernels in memory.")
+                 "leaninfer.optimize.prune.to_semi_structured(model) swaps them to the sparse kernels in memory. "
+                 "Measured on an H100 (PyTorch 2.11, fp16, batch 128 x 128 tokens) those kernels were SLOWER than "
+                 "dense for BERT-sized layers (0.07x minilm, 0.17x BERT-base): benchmark before relying on them.")
         return out
 
 

@@ -163,3 +163,15 @@ def test_distill_on_gpu_with_autocast(tmp_path):
     lin = step.to_dict()["lineage"]
     assert lin["device"].startswith("cuda") and np.isfinite(lin["loss_last"])
     assert next(out.module.parameters()).device.type == "cuda"
+
+
+@pytest.mark.parametrize("name,task", [("minilm-smallest-3pct.yaml", "embedding"),
+                                       ("causal-fastest-ppl-budget.yaml", "causal-lm")])
+def test_shipped_recipes_parse_and_plan(name, task):
+    from pathlib import Path
+
+    from leaninfer.optimize import Recipe, plan
+
+    r = Recipe.from_yaml(Path(leaninfer.__file__).parent / "recipes" / name)
+    planned = plan(r.configs(), "torch:fp32", task, floors=r.floors, has_sts=True)
+    assert "distill" in [s.name for s in planned]

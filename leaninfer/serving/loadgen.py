@@ -219,5 +219,14 @@ def run_load(spec: LoadSpec, concurrency: list[int] | None = None, rates: list[f
             if on_level:
                 on_level(res)
 
-    asyncio.run(main())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(main())
+    else:  # called from a running loop (a notebook): run in a thread with its own loop
+        import threading
+
+        t = threading.Thread(target=lambda: asyncio.run(main()))
+        t.start()
+        t.join()
     return results

@@ -20,8 +20,9 @@ from .errors import LeaninferError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make open models cheaper to run, and prove it with numbers.")
-console = Console(stderr=True)
-out = Console()
+# Tables are wide: when output is piped (CI logs, `| tee`), don't wrap them at rich's 80-column default.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
+out = Console(width=None if sys.stdout.isatty() else 130)
 
 
 def quiet_libraries() -> None:

@@ -149,7 +149,10 @@ def _precision_for_peak(state_str: str) -> str:
 
 def _roofline(v: dict, r: dict, bandwidth_gb: float | None, peaks: dict) -> tuple[Roofline, Roofline | None]:
     m = v["model"]
-    read_bytes = max(v["weight_bytes"] - m.get("lookup_only_bytes", 0), 1)
+    lookup = m.get("lookup_only_bytes", 0)
+    if m["backend"] != "torch" and lookup >= v["weight_bytes"]:  # reports written before the runtime-graph fix
+        lookup = int(v["weight_bytes"] * (1 - m["matmul_params"] / max(m["num_parameters"], 1)))
+    read_bytes = max(v["weight_bytes"] - lookup, 1)
     prec = _precision_for_peak(m["state"])
     peak = peaks.get(prec) or (peaks.get("fp32") if prec == "fp32" else None)
     bw = bandwidth_gb * 1e9 if bandwidth_gb else None
@@ -315,6 +318,8 @@ def _project(v: dict, r: dict, prof, utilization: float) -> dict | None:
     m = v["model"]
     if prof.kind == "gpu" and m["backend"] != "torch":
         return None  # a CPU runtime graph (ONNX Runtime / OpenVINO CPU) says nothing about a GPU
+    if prof.kind == "gpu" and "torch-dynamic" in json.dumps(v["spec"]):
+        return None  # torch.ao dynamic quantization has CPU kernels only
     roof = r["roofline"]
     measured_roof = max(x for x in (roof["memory_bound_s"], roof["compute_bound_s"], 0.0) if x is not None)
     if not measured_roof:
@@ -430,7 +435,7 @@ def advise(report: dict) -> dict:
 
 def _option_text(o: dict) -> str:
     return (f"{o['variant']} on {o['hardware']} ({o['label']}) at batch {o['batch_size']}: "
-            f"${o['usd_per_1k_tokens']:.6f} per 1K tokens, p95 {o['p95_ms']:.1f} ms")
+            f"${o['usd_per_1k_tokens']:.3g} per 1K tokens, p95 {o['p95_ms']:.1f} ms")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -532,7 +537,7 @@ def to_markdown(report: dict) -> str:
                 f"| {v['name']} | {r['batch_size']} | {r['seq_len']} | {r['latency']['p50_ms']:.2f} | {r['latency']['p95_ms']:.2f} "
                 f"| {r['tokens_per_s']:,.0f} | {r['sequences_per_s']:,.1f} | {_fmt(ratio, '.2f')}× | {v['quality_summary']} "
                 f"| {v['weight_bytes'] / 1e6:.1f} | {_fmt(v['peak_rss_bytes'] and v['peak_rss_bytes'] / 1e6)} "
-                f"| {_fmt(r['cost'] and r['cost']['usd_per_1k_tokens'], '.6f')} "
+                f"| {_fmt(r['cost'] and r['cost']['usd_per_1k_tokens'], '.3g')} "
                 f"| {_fmt(rf['fraction_of_memory_bound'] and 100 * rf['fraction_of_memory_bound'])} "
                 f"| {_fmt(rf['fraction_of_compute_bound'] and 100 * rf['fraction_of_compute_bound'])} |")
         lines.append("")
@@ -551,7 +556,7 @@ def to_markdown(report: dict) -> str:
                 f"| {_fmt(it.get('p50_ms'), '.2f')} | {_fmt(it.get('p95_ms'), '.2f')} | {r['decode_tokens_per_s']:,.1f} "
                 f"| {_fmt(ratio, '.2f')}× | {r['input_tokens_per_s']:,.0f} | {v['quality_summary']} "
                 f"| {v['weight_bytes'] / 1e6:.1f} | {_fmt(v['peak_rss_bytes'] and v['peak_rss_bytes'] / 1e6)} "
-                f"| {_fmt(c.get('usd_per_1k_output_tokens'), '.6f')} | {_fmt(c.get('usd_per_1k_input_tokens'), '.6f')} "
+                f"| {_fmt(c.get('usd_per_1k_output_tokens'), '.3g')} | {_fmt(c.get('usd_per_1k_input_tokens'), '.3g')} "
                 f"| {_fmt(rf['fraction_of_memory_bound'] and 100 * rf['fraction_of_memory_bound'])} |")
         lines.append("")
     other = [v for v in report["variants"] if v.get("status") not in ("ok",)]
@@ -566,7 +571,7 @@ def to_markdown(report: dict) -> str:
         for p in report["projections"]:
             tps = p.get("tokens_per_s") or p.get("decode_tokens_per_s")
             lines.append(f"| {p['variant']} | {p['hardware']} | {p['batch_size']} | projected | {tps:,.0f} "
-                         f"| {_fmt(p['p95_ms'], '.2f')} | {_fmt(p['usd_per_1k_tokens'], '.6f')} |")
+                         f"| {_fmt(p['p95_ms'], '.2f')} | {_fmt(p['usd_per_1k_tokens'], '.3g')} |")
         lines.append("")
     lines += ["## Advice", "", report["advice"]["text"], ""]
     for n in report.get("notes", []):

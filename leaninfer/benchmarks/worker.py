@@ -142,8 +142,8 @@ def _matmul_params_and_lookup_bytes(model) -> tuple[int, int]:
         for m in model.module.modules():
             if isinstance(m, torch.nn.Embedding) and (head_w is None or m.weight is not head_w):
                 lookup_bytes += m.weight.numel() * m.weight.element_size()
-    else:
-        lookup_bytes = lookup_params * (4 if model.precision == "fp32" else 2)
+    else:  # a runtime graph: count the lookup tables at the graph's average bytes per parameter
+        lookup_bytes = int(lookup_params * model.weight_bytes() / max(n_params, 1))
     return max(n_params - lookup_params, 1), lookup_bytes
 
 

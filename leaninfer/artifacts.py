@@ -182,6 +182,15 @@ def _rebuild_torch_state(path: Path, manifest: dict, config, device: str):
         step = get_step(spec.pop("step"), **spec)
         if hasattr(step, "restructure"):
             step.restructure(module)
-    state = torch.load(path / "model_state.pt", map_location=device, weights_only=False)
+    # Load on the CPU and move the whole module after: assigning quantized (tensor-subclass) CUDA tensors
+    # into a CPU-built module fails ("storage on a different device"), seen on an H100.
+    state = torch.load(path / "model_state.pt", map_location="cpu", weights_only=False)
     module.load_state_dict(state, assign=True)
+    # assign=True gives tied weights (GPT-2's lm_head = wte) separate tensors: tie them again, unless one
+    # side was quantized on its own (then they are different tensors on purpose).
+    if getattr(config, "tie_word_embeddings", False):
+        out_emb, in_emb = module.get_output_embeddings(), module.get_input_embeddings()
+        if (out_emb is not None and type(out_emb.weight) is torch.nn.Parameter
+                and type(in_emb.weight) is torch.nn.Parameter and out_emb.weight.shape == in_emb.weight.shape):
+            out_emb.weight = in_emb.weight
     return module.to(device).eval()

@@ -40,8 +40,13 @@ def test_torchao_int8_on_cuda(tmp_path):
 @pytest.mark.parametrize("step", ["bnb-int8", "bnb-nf4"])
 def test_bitsandbytes_on_cuda(tmp_path, step):
     src = leaninfer.load("random:tiny-llama", device="cuda")
+    import torch
+
+    linear_bytes = sum(m.weight.numel() * 4 for n, m in src.module.named_modules()
+                       if isinstance(m, torch.nn.Linear) and "lm_head" not in n)
     r = optimize(src, step, tmp_path / step)
-    assert r.manifest["weight_bytes"] < 0.6 * r.manifest["source"]["weight_bytes"]
+    # Tiny models are mostly embeddings, which stay 32-bit: count the saving on the Linear layers.
+    assert r.manifest["source"]["weight_bytes"] - r.manifest["weight_bytes"] > 0.5 * linear_bytes
     assert r.manifest["quality"]["top1_agreement"] > 0.8
     enc = src.tokenize(["round trip"])
     again = leaninfer.load(r.path, device="cuda")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -17,27 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import LeaninferError
+from .logs import quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make open models cheaper to run, and prove it with numbers.")
 # Tables are wide: when output is piped (CI logs, `| tee`), don't wrap them at rich's 80-column default.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
 out = Console(width=None if sys.stdout.isatty() else 130)
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (progress bars, torchao's optional-kernel notices) off the user's terminal."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("torchao", "nncf", "torch.utils._pytree", "transformers", "onnxruntime"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
 
 
 def user_errors(fn):

@@ -10,6 +10,8 @@ import os
 import time
 import traceback
 
+from ..logs import quiet_libraries
+
 
 def _set_threads(threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -22,29 +24,13 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _quiet() -> None:
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for name in ("torchao", "nncf", "transformers", "onnxruntime", "torch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
-
-
 def child_main(kind: str, job: dict, result_path: str) -> None:
     """Entry point of a spawned process: run `kind` ('build', 'measure', 'bandwidth'), write JSON."""
     import json
 
     try:
         _set_threads(job["threads"])
-        _quiet()
+        quiet_libraries()
         fn = {"build": build_variant, "measure": measure_variant, "bandwidth": bandwidth_job}[kind]
         result = {"status": "ok", **fn(job)}
     except BaseException as e:  # the parent turns this into a failed variant and goes on

@@ -223,8 +223,13 @@ class OrtInt8Static(_OrtQuant):
     quant_format: Literal["qdq", "qoperator"] = "qdq"
 
     def apply(self, model, ctx: StepContext):
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         texts = (ctx.calibration_texts or [])[: self.calibration_samples]
         if len(texts) < 8:

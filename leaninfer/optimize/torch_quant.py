@@ -36,7 +36,11 @@ class Int8(FilteredStep):
             quantized = torch.ao.quantization.quantize_dynamic(module, names, dtype=torch.qint8, inplace=True)
             assert quantized is module
             return
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
 
         cfg = Int8WeightOnlyConfig() if self.method == "torchao-weight-only" else Int8DynamicActivationInt8WeightConfig()
         quantize_(module, cfg, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn in names)

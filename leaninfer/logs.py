@@ -13,10 +13,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Export-time TracerWarnings and deprecation notices from the libraries are not actionable for a user.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|onnxruntime|nncf)\b")
+    warnings.filterwarnings("ignore", module=r"(torch|transformers|onnxruntime|nncf)\b")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("torchao", "nncf", "torch", "transformers", "onnxruntime", "root"):
+    for name in ("torchao", "nncf", "torch", "torch.utils._pytree", "transformers", "onnxruntime", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging

@@ -47,6 +47,9 @@ def test_int8_on_gpt2_quantizes_conv1d_layers(tmp_path, tiny_gpt2):
     assert type(attn).__name__ == "Linear"  # Conv1D was linearized so the quantizer sees it
     assert r.model.module.lm_head.weight.dtype.is_floating_point  # lm_head kept by default
     assert r.manifest["quality"]["top1_agreement"] > 0.9
+    again = leaninfer.load(r.path)  # rebuilt from state: the tied lm_head must stay tied, not a copy
+    assert again.module.lm_head.weight is again.module.transformer.wte.weight
+    assert again.weight_bytes() == r.model.weight_bytes()
 
 
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_gpt2", "tiny_llama"])

@@ -292,10 +292,8 @@ def selected_linears(module, flt: ModuleFilter) -> dict:
     return mods
 
 
-@register
-class PruneFFN(_Prune):
-    name: ClassVar[str] = "prune-ffn"
-    summary: ClassVar[str] = "remove the least important FFN neurons (same count per layer): smaller, faster"
+class _RatioPrune(_Prune):
+    """A structured pruning step that removes a fraction ``ratio`` (0 < ratio < 1) of units per layer."""
 
     ratio: float = 0.3
 
@@ -303,6 +301,12 @@ class PruneFFN(_Prune):
     @classmethod
     def _check(cls, v):
         return _fraction("ratio", v)
+
+
+@register
+class PruneFFN(_RatioPrune):
+    name: ClassVar[str] = "prune-ffn"
+    summary: ClassVar[str] = "remove the least important FFN neurons (same count per layer): smaller, faster"
 
     def apply(self, model, ctx: StepContext):
         import torch
@@ -334,16 +338,11 @@ class PruneFFN(_Prune):
 
 
 @register
-class PruneHeads(_Prune):
+class PruneHeads(_RatioPrune):
     name: ClassVar[str] = "prune-heads"
     summary: ClassVar[str] = "remove the least important attention heads (KV groups), same count per layer"
 
     ratio: float = 0.25
-
-    @field_validator("ratio")
-    @classmethod
-    def _check(cls, v):
-        return _fraction("ratio", v)
 
     def apply(self, model, ctx: StepContext):
         import torch

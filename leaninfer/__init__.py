@@ -21,13 +21,6 @@ logging.getLogger("leaninfer").addHandler(logging.NullHandler())
 from .errors import LeaninferError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .models import RANDOM_PRESETS, Model, load  # noqa: E402
-
-
-def optimize(*args, **kwargs):
-    """See :func:`leaninfer.optimize.optimize` (imported lazily: it pulls in the quantization libraries)."""
-    from .optimize import optimize as _optimize
-
-    return _optimize(*args, **kwargs)
-
+from .pipeline import optimize  # noqa: E402
 
 __all__ = ["LeaninferError", "Model", "RANDOM_PRESETS", "evaluate", "load", "optimize", "__version__"]

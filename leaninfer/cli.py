@@ -14,8 +14,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .benchmarks import cli as bench_cli
+from .data import read_texts
+from .demo import run_demo
 from .errors import LeaninferError
+from .evaluate import evaluate
 from .logs import quiet_libraries
+from .models import RANDOM_PRESETS, load
+from .pipeline import Floors, Recipe, optimize
+from .serving import cli as serve_cli
+from .steps import STEPS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make open models cheaper to run, and prove it with numbers.")
@@ -50,9 +58,6 @@ def _csv(value: str | None) -> list[str]:
 @user_errors
 def models_cmd():
     """List the model references and optimization steps leaninfer knows."""
-    from .models import RANDOM_PRESETS
-    from .optimize import STEPS
-
     t = Table(title="model references")
     t.add_column("reference")
     t.add_column("task")
@@ -91,9 +96,6 @@ def optimize_cmd(
 ):
     """Apply optimization steps to a model, check quality against it, save a reloadable artifact."""
     from rich.progress import Progress
-
-    from .data import read_texts
-    from .optimize import Floors, Recipe, optimize
 
     if (steps is None) == (recipe is None):
         raise LeaninferError("give exactly one of --steps S1,S2 or --recipe FILE.yaml")
@@ -144,10 +146,6 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Quality of a model: cosine to a reference and STS Spearman (embeddings); perplexity, KL, top-1 (LMs)."""
-    from .data import read_texts
-    from .evaluate import evaluate
-    from .models import load
-
     if sts is not None and not sts.is_file():
         raise LeaninferError(f"STS file {str(sts)!r} does not exist")
     if text is not None and not text.is_file():
@@ -178,26 +176,12 @@ def demo_cmd(
     repeats: int = typer.Option(5, "--repeats", min=1),
 ):
     """The main job on the bundled minilm: make variants, check quality, measure speed, print a table."""
-    from .demo import run_demo
-
     run_demo(out_dir, sts=sts, batch_size=batch_size, repeats=repeats, console=console, out=out)
 
 
-def _register_optional_commands() -> None:
-    """Commands of the benchmark and serving jobs live with their packages and register themselves here."""
-    import importlib
-
-    for module in ("leaninfer.benchmarks.cli", "leaninfer.serving.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(app, user_errors)
-
-
-_register_optional_commands()
+# The benchmark and serving jobs keep their commands with their packages.
+bench_cli.register(app, user_errors)
+serve_cli.register(app, user_errors)
 
 
 def main() -> None:

@@ -8,6 +8,13 @@ from pathlib import Path
 from rich.progress import Progress
 from rich.table import Table
 
+from .benchmarks.quick import compare_throughput, make_batches
+from .data import default_texts
+from .evaluate import evaluate, read_sts
+from .hardware import detect_local
+from .models import load
+from .pipeline import optimize
+
 # (name, steps): PyTorch FP32 is the reference; each row below is built from it and measured beside it.
 DEMO_VARIANTS = [
     # ONNX Runtime FP32 separates the runtime's own gain from INT8's (DESIGN.md: name each gain).
@@ -26,13 +33,6 @@ def torch_threads() -> int:
 
 
 def run_demo(out_dir: Path, *, sts=None, batch_size: int = 32, repeats: int = 5, console, out) -> list[dict]:
-    from .benchmarks.quick import compare_throughput, make_batches
-    from .data import default_texts
-    from .evaluate import evaluate
-    from .hardware import detect_local
-    from .models import load
-    from .optimize import optimize
-
     out_dir = Path(out_dir)
     hw = detect_local()
     console.print(f"leaninfer demo on {hw.cpu_name} ({hw.physical_cores} cores, INT8 path: {hw.int8_isa})")
@@ -50,8 +50,6 @@ def run_demo(out_dir: Path, *, sts=None, batch_size: int = 32, repeats: int = 5,
             progress.advance(bar)
         progress.update(bar, description=f"measuring throughput ({repeats} interleaved rounds)")
         if sts:  # measure on the STS sentences themselves: both columns, as in the quality check
-            from .evaluate import read_sts
-
             s1, s2, _ = read_sts(sts)
             texts = s1 + s2
         else:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import leaninfer
-from leaninfer.optimize import optimize
+from leaninfer import optimize
 
 from .conftest import requires_cuda
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import LeaninferError
+from ..pipeline import parse_steps
 
 BASELINE = "fp32"
 
@@ -65,8 +66,6 @@ class VariantSpec:
                     raise LeaninferError(f"variant {text!r}: parameter {kv!r} must be key=value")
                 d[k.strip()] = v.strip()
             steps.append(d)
-        from ..optimize import parse_steps
-
         parse_steps(steps)  # validates step names and parameters now, naming what is valid
         return cls(name=name or text, steps=tuple(steps))
 

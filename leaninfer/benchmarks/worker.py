@@ -1,16 +1,28 @@
 """What runs inside a fresh benchmark process: build a variant, or load one and measure it.
 
-Kept free of heavy imports at module level: a spawned child imports this module first, sets its thread
-count, and only then imports torch, so every variant starts from the same clean state.
+Kept free of heavy third-party imports at module level (leaninfer's own modules import torch only where they
+use it): a spawned child imports this module first, sets its thread count, and only then imports torch, so
+every variant starts from the same clean state.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import time
 import traceback
 
+import numpy as np
+
+from ..artifacts import library_versions
+from ..data import default_texts
+from ..hardware import detect_local
 from ..logs import quiet_libraries
+from ..models import load
+from ..pipeline import optimize
+from ..serving.core import GenerationScheduler, GenSequence, SamplingParams
+from .measures import Latency, dir_bytes, hwm_bytes, measure_bandwidth, model_shape, reset_peak_rss, rss_bytes
 
 
 def _set_threads(threads: int) -> None:
@@ -26,8 +38,6 @@ def _set_threads(threads: int) -> None:
 
 def child_main(kind: str, job: dict, result_path: str) -> None:
     """Entry point of a spawned process: run `kind` ('build', 'measure', 'bandwidth'), write JSON."""
-    import json
-
     try:
         _set_threads(job["threads"])
         quiet_libraries()
@@ -41,15 +51,11 @@ def child_main(kind: str, job: dict, result_path: str) -> None:
 
 
 def bandwidth_job(job: dict) -> dict:
-    from .measures import measure_bandwidth
-
     return {"bandwidth": measure_bandwidth(threads=job["threads"], device=job["device"]).to_dict()}
 
 
 def build_variant(job: dict) -> dict:
     """Make the artifact of a variant from the source model (the optimize job, with its quality check)."""
-    from ..optimize import optimize
-
     t0 = time.perf_counter()
     r = optimize(job["model"], job["steps"], job["artifact_dir"], overwrite=True, device=job["device"],
                  sts=job.get("sts"))
@@ -71,18 +77,12 @@ def _sync(device: str) -> None:
 
 def _token_source(model, n: int):
     """Token ids of real text (the bundled sentences), repeated to `n`: realistic ids, exact lengths."""
-    import numpy as np
-
-    from ..data import default_texts
-
     ids = model.tokenizer(" ".join(default_texts()), add_special_tokens=False)["input_ids"]
     reps = n // max(len(ids), 1) + 1
     return np.asarray((ids * reps)[:n], dtype=np.int64)
 
 
 def _batch(model, batch: int, seq: int) -> dict:
-    import numpy as np
-
     src = _token_source(model, batch * seq + batch * 7)
     rows = np.stack([src[i * 7:i * 7 + seq] for i in range(batch)])  # offset rows: not all the same sentence
     return {"input_ids": rows, "attention_mask": np.ones_like(rows)}
@@ -101,46 +101,9 @@ def _timed_repeats(fn, *, warmup: int, min_repeats: int, max_repeats: int, min_t
     return samples
 
 
-def _matmul_params_and_lookup_bytes(model) -> tuple[int, int]:
-    """Parameters used in matmuls per token, and bytes of embedding tables only looked up (not read whole).
-
-    A tied lm_head reads the token-embedding table every step; an untied one, a position table or an
-    encoder's word table is only indexed, so those bytes don't count toward what a step reads.
-    """
-    n_params = model.num_parameters()
-    cfg = model.config
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)
-    vocab = getattr(cfg, "vocab_size", 0)
-    lookup_params = 0
-    pos = getattr(cfg, "n_positions", None) if getattr(cfg, "model_type", "") == "gpt2" else (
-        getattr(cfg, "max_position_embeddings", None) if getattr(cfg, "model_type", "") == "bert" else None)
-    if pos:
-        lookup_params += pos * hidden
-    tied = model.task == "causal-lm" and getattr(cfg, "tie_word_embeddings", True)
-    if not tied:
-        lookup_params += vocab * hidden
-    lookup_bytes = 0
-    if model.backend == "torch":
-        import torch
-
-        lm_head = getattr(model.module, "lm_head", None)
-        head_w = getattr(lm_head, "weight", None) if isinstance(lm_head, torch.nn.Linear) else None
-        for m in model.module.modules():
-            if isinstance(m, torch.nn.Embedding) and (head_w is None or m.weight is not head_w):
-                lookup_bytes += m.weight.numel() * m.weight.element_size()
-    else:  # a runtime graph: count the lookup tables at the graph's average bytes per parameter
-        lookup_bytes = int(lookup_params * model.weight_bytes() / max(n_params, 1))
-    return max(n_params - lookup_params, 1), lookup_bytes
-
-
 def measure_variant(job: dict) -> dict:
     """Load the variant in this fresh process, measure every configuration of the job, return raw samples."""
     import torch
-
-    from ..artifacts import library_versions
-    from ..hardware import detect_local
-    from ..models import load
-    from .measures import Latency, dir_bytes, hwm_bytes, model_shape, reset_peak_rss, rss_bytes
 
     device = job["device"]
     rss_before = rss_bytes()
@@ -151,7 +114,9 @@ def measure_variant(job: dict) -> dict:
     model = load(job.get("artifact") or job["model"], device=device)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_bytes()
-    matmul_params, lookup_bytes = _matmul_params_and_lookup_bytes(model)
+    # Parameters used in matmuls per token: embedding tables that are only indexed don't count.
+    matmul_params = max(model.num_parameters() - model.lookup_only_params(), 1)
+    lookup_bytes = model.lookup_only_bytes()
     weight_bytes = model.weight_bytes()
     out = {
         "model": {**model.describe(), "state": model.state, "matmul_params": matmul_params,
@@ -181,13 +146,13 @@ def measure_variant(job: dict) -> dict:
                     "tokens_per_s": bs * seq_eff / (lat.p50_ms / 1000), "sequences_per_s": bs / (lat.p50_ms / 1000),
                 })
     else:
-        if model.backend != "torch":
+        if not model.runner().has_cache:
             out["notes"].append(f"{model.backend} causal-LM graphs have no KV cache in leaninfer: generation is "
                                 "not benchmarked on them (it would recompute the prefix every token)")
         else:
             for bs in job["batch_sizes"]:
-                out["results"].append(_measure_generation(model, bs, job["prompt_tokens"], job["gen_tokens"],
-                                                          job["gen_repeats"], device))
+                out["results"].append(measure_generation(model, bs, job["prompt_tokens"], job["gen_tokens"],
+                                                         job["gen_repeats"]))
     out["rss_after_load_bytes"] = rss_loaded - rss_before
     out["peak_rss_bytes"] = hwm_bytes() - rss_before if reset_ok else None
     out["peak_rss_note"] = ("peak RSS of the process during load and measurement minus RSS before loading"
@@ -198,52 +163,45 @@ def measure_variant(job: dict) -> dict:
     return out
 
 
-def _measure_generation(model, batch: int, prompt_tokens: int, gen_tokens: int, repeats: int, device: str) -> dict:
-    """Greedy decode with a KV cache, every step timed on its own.
+def measure_generation(model, batch: int, prompt_tokens: int, gen_tokens: int, repeats: int) -> dict:
+    """Generation as the server runs it: its scheduler over the model's runner, every model call timed.
 
-    Design: a manual loop over the HF module (not `generate`) so that the prefill (time to first token) and
-    each decode step are separate clock readings, synced on GPUs. Exactly `gen_tokens` tokens per sequence
-    (no early stop at EOS), prompts of exactly `prompt_tokens` real-text tokens with no padding. The prefill
-    computes logits for the last position only (`logits_to_keep=1`), for baseline and variants alike.
+    Design: ``batch`` greedy requests arrive together and go through :class:`GenerationScheduler`, the same
+    object ``leaninfer serve`` steps, over ``model.runner()``, the runner it serves with. So the first step
+    prefills all rows (time to first token) and each later step is one decode call; the scheduler's step hook
+    reports each call's engine time (the runner hands back host logits, so a GPU is synced by then). Exactly
+    ``gen_tokens`` tokens per request (EOS ignored), prompts of exactly ``prompt_tokens`` real-text tokens.
     """
-    import torch
-
-    from .measures import Latency
-
     enc = _batch(model, batch, prompt_tokens)
-    ids = torch.from_numpy(enc["input_ids"]).to(device)
-    mask0 = torch.ones_like(ids)
-    module = model.module
+    prompts = [[int(t) for t in row] for row in enc["input_ids"]]
+    tok = model.tokenizer
+    params = SamplingParams(max_tokens=gen_tokens, temperature=0.0, ignore_eos=True)
 
     def one_pass():
-        with torch.inference_mode():
-            _sync(device)
-            t0 = time.perf_counter()
-            o = module(input_ids=ids, attention_mask=mask0, use_cache=True, logits_to_keep=1)
-            nxt = o.logits[:, -1].argmax(-1, keepdim=True)
-            _sync(device)
-            prefill = time.perf_counter() - t0
-            past, mask, steps = o.past_key_values, mask0, []
-            for _ in range(gen_tokens - 1):
-                mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-                t = time.perf_counter()
-                o = module(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
-                nxt = o.logits[:, -1].argmax(-1, keepdim=True)
-                _sync(device)
-                steps.append(time.perf_counter() - t)
-                past = o.past_key_values
-        return prefill, steps
+        calls: list[tuple[str, float]] = []
+        scheduler = GenerationScheduler(
+            model.runner(), max_batch_size=batch, max_batch_tokens=batch * (prompt_tokens + gen_tokens),
+            eos_token_id=model.eos_token_id, max_seq_len=prompt_tokens + gen_tokens + 1,
+            on_step=lambda kind, seconds, rows: calls.append((kind, seconds)))
+        seqs = [scheduler.submit(GenSequence(prompt=p, params=params, on_event=lambda s, e: None,
+                                             decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True)))
+                for p in prompts]
+        while scheduler.has_work():
+            scheduler.step()
+        failed = [s.finish_reason for s in seqs if s.finish_reason != "length"]
+        if failed:
+            raise RuntimeError(f"generation failed: finish reasons {failed}")
+        prefill = sum(sec for kind, sec in calls if kind == "prefill")
+        return prefill, [sec for kind, sec in calls if kind == "decode"], [s.output for s in seqs]
 
     one_pass()  # warm-up
     prefills, itl, decode_rates, e2e_rates = [], [], [], []
     for _ in range(repeats):
-        prefill, steps = one_pass()
+        prefill, steps, outputs = one_pass()
         prefills.append(prefill)
         itl.extend(steps)
         decode_rates.append(batch * len(steps) / sum(steps) if steps else float("nan"))
         e2e_rates.append(batch * gen_tokens / (prefill + sum(steps)))
-    import statistics
-
     ttft = Latency.from_samples(prefills)
     inter = Latency.from_samples(itl) if itl else None
     kv_dtype_bytes = 2 if model.precision in ("fp16", "bf16") else 4
@@ -257,11 +215,11 @@ def _measure_generation(model, batch: int, prompt_tokens: int, gen_tokens: int, 
         "output_tokens_per_s": statistics.median(e2e_rates),
         "kv_bytes_per_elem": kv_dtype_bytes,
         "mean_context": prompt_tokens + gen_tokens / 2,
+        "greedy_token_ids": outputs,
     }
 
 
 if __name__ == "__main__":
-    import json
     import sys
 
     _kind, _job, _result = sys.argv[1:4]

@@ -19,8 +19,9 @@ Why our own generation scheduler rather than transformers 5's ``ContinuousBatchi
 3. it needs a PyTorch module with paged attention; ONNX Runtime and OpenVINO variants, which only give
    full-sequence logits, must be servable too.
 
-So the scheduler is ours and the model work sits behind a small :class:`Runner` interface: a KV-cache
-runner for PyTorch models and a recompute runner for full-sequence-logit backends (``runners.py``).
+So the scheduler is ours and the model work sits behind the model layer's :class:`Runner` interface
+(``Model.runner()``): a KV-cache runner for PyTorch models and a recompute runner for full-sequence-logit
+backends. ``Model.generate`` and the benchmark worker drive the same runners.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
+
+from ..models.runner import Runner
 
 # --------------------------------------------------------------------------------------------------------
 # Embeddings: dynamic batching
@@ -78,20 +80,6 @@ def form_embedding_batches(items: Sequence[EmbedItem], max_batch_size: int,
     oldest = min(range(len(items)), key=lambda i: (items[i].enqueued_at, i))
     batches.sort(key=lambda b: oldest not in b)  # stable: the oldest item's batch first, then by length
     return [[items[i] for i in b] for b in batches]
-
-
-def pad_left_or_right(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> dict[str, np.ndarray]:
-    """int64 ``input_ids`` and ``attention_mask`` padded to the longest sequence."""
-    width = max((len(s) for s in seqs), default=0)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for r, s in enumerate(seqs):
-        if not len(s):
-            continue
-        sl = slice(width - len(s), width) if left else slice(0, len(s))
-        ids[r, sl] = s
-        mask[r, sl] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def split_cost(seconds: float, weights: Sequence[float]) -> list[float]:
@@ -202,21 +190,6 @@ class TextTracker:
 
 # --------------------------------------------------------------------------------------------------------
 # Generation: the scheduler
-
-
-class Runner(Protocol):
-    """What the scheduler needs from a model: rows of a running batch, keyed by sequence id.
-
-    ``prefill`` adds sequences and returns the logits of their last prompt position; ``decode`` feeds one
-    token to each given running sequence and returns the next logits; ``release`` drops sequences.
-    Logits are float arrays [n, vocab] in the order of the ids given.
-    """
-
-    def prefill(self, seq_ids: list[int], prompts: list[list[int]]) -> np.ndarray: ...
-
-    def decode(self, seq_ids: list[int], tokens: list[int]) -> np.ndarray: ...
-
-    def release(self, seq_ids: list[int]) -> None: ...
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..cost import usd_for_busy_seconds
+from ..models.runner import pad_left_or_right
 from .core import (
     BusyWindow,
     EmbedItem,
@@ -24,7 +25,6 @@ from .core import (
     GenSequence,
     SamplingParams,
     form_embedding_batches,
-    pad_left_or_right,
     split_cost,
 )
 from .metrics import ServerMetrics
@@ -267,10 +267,8 @@ class GenerationEngine(_EngineBase):
 
     def __init__(self, model, name, config, metrics, usd_per_hour, runner=None):
         super().__init__(model, name, config, metrics, usd_per_hour)
-        from .runners import runner_for
-
         self.scheduler = GenerationScheduler(
-            runner or runner_for(model), max_batch_size=config.max_batch_size,
+            runner or model.runner(), max_batch_size=config.max_batch_size,
             max_batch_tokens=config.max_batch_tokens, eos_token_id=model.eos_token_id,
             max_seq_len=model.max_seq_length, clock=time.perf_counter, on_step=self._on_step)
         tok = model.tokenizer

@@ -8,9 +8,10 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
 from leaninfer.errors import StepError
-from leaninfer.optimize import get_step, optimize, plan
-from leaninfer.optimize.common import StepContext
-from leaninfer.optimize.prune import arch_of, layers_of, num_blocks
+from leaninfer.pipeline import optimize, plan
+from leaninfer.steps import get_step
+from leaninfer.steps.common import StepContext
+from leaninfer.steps.prune import arch_of, layers_of, num_blocks
 
 TEXTS = ["A man is playing a guitar.", "The cat sleeps on the warm windowsill.",
          "Stock prices fell sharply on Monday morning.", "She is slicing a tomato in the kitchen.",
@@ -171,7 +172,7 @@ def test_prune_2of4_refused_at_plan_time_without_gpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_prune_2of4_on_gpu(tmp_path):
     import leaninfer
-    from leaninfer.optimize.prune import semi_structured_support, to_semi_structured
+    from leaninfer.steps.prune import semi_structured_support, to_semi_structured
 
     if semi_structured_support("cuda") is not None:
         pytest.skip(semi_structured_support("cuda"))

@@ -2,35 +2,31 @@
 
 A recipe is planned before any work starts: each step must accept the state (``backend:precision``) the
 previous one produces, and each floor must be measurable, so ``bnb-nf4`` after ``onnx`` or an STS floor
-without STS data fail in milliseconds, not after an export.
+without STS data fail in milliseconds, not after an export. The quality gate runs on the written files,
+loaded back, so a save/reload difference is caught by the floors too; only then is the folder renamed
+into place.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from ..errors import LeaninferError, QualityFloorError, StepError, valid_list
-from . import bnb, casts, distill, onnx, openvino, prune, torch_quant  # noqa: F401  (register the steps)
-from .common import STEPS, StepConfig, StepContext, get_step
+from .artifacts import MANIFEST_NAME, atomic_dir, build_manifest
+from .errors import LeaninferError, StepError, valid_list
+from .evaluate import evaluate
+from .models import Model, load, load_artifact
+from .quality import Floors
+from .steps import STEPS, StepConfig, StepContext, get_step
+from .steps.common import pydantic_message
 
-__all__ = ["STEPS", "Floors", "Recipe", "OptimizeResult", "get_step", "optimize", "plan", "parse_steps"]
-
-
-class Floors(BaseModel):
-    """Quality floors a recipe may declare; a missed floor fails the pipeline and writes nothing."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_cosine: float | None = Field(None, gt=0, le=1)
-    max_sts_drop: float | None = Field(None, ge=0)
-    max_ppl_increase_pct: float | None = Field(None, ge=0)
-    min_top1_agreement: float | None = Field(None, gt=0, le=1)
+__all__ = ["Floors", "OptimizeResult", "Recipe", "optimize", "parse_steps", "plan"]
 
 
 class Recipe(BaseModel):
@@ -55,9 +51,7 @@ class Recipe(BaseModel):
         try:
             return cls(**data)
         except Exception as e:
-            from .common import _pydantic_message
-
-            raise LeaninferError(f"recipe {str(path)!r}: {_pydantic_message(e)}") from None
+            raise LeaninferError(f"recipe {str(path)!r}: {pydantic_message(e)}") from None
 
     def configs(self) -> list[StepConfig]:
         return parse_steps(self.steps)
@@ -112,17 +106,6 @@ def plan(steps: list[StepConfig], start_state: str, task: str, *, floors: Floors
     return planned
 
 
-def check_floors(quality: dict, floors: Floors) -> None:
-    checks = [("mean_cosine_to_reference", floors.min_cosine, "min_cosine", lambda v, f: v >= f),
-              ("sts_drop_pts", floors.max_sts_drop, "max_sts_drop", lambda v, f: v <= f),
-              ("perplexity_increase_pct", floors.max_ppl_increase_pct, "max_ppl_increase_pct", lambda v, f: v <= f),
-              ("top1_agreement", floors.min_top1_agreement, "min_top1_agreement", lambda v, f: v >= f)]
-    for key, floor, name, ok in checks:
-        if floor is not None and not ok(quality[key], floor):
-            raise QualityFloorError(f"quality floor missed: {key} = {quality[key]:.4f}, floor {name} = {floor}; "
-                                    "nothing was written")
-
-
 @dataclass
 class OptimizeResult:
     path: Path
@@ -141,10 +124,6 @@ def optimize(model, steps, out: str | Path, *, floors: Floors | dict | None = No
         >>> r.manifest["quality"]["mean_cosine_to_reference"] > 0.99  # doctest: +SKIP
         True
     """
-    from ..artifacts import atomic_dir, build_manifest, save_model_files
-    from ..evaluate import evaluate
-    from ..models import Model, load
-
     floors = Floors(**floors) if isinstance(floors, dict) else (floors or Floors())
     configs = parse_steps(steps)
     if sts is not None and not Path(sts).is_file():
@@ -160,14 +139,19 @@ def optimize(model, steps, out: str | Path, *, floors: Floors | dict | None = No
                 on_step(i, len(planned), step.name)
             current = step.apply(current, ctx)
         elapsed = time.perf_counter() - t0
-        quality = evaluate(current, source, sts=sts)
-        check_floors(quality, floors)
-        fmt = save_model_files(current, tmp, planned)
-        manifest = build_manifest(current, tmp, fmt=fmt, source=source, steps=planned, quality=quality,
+        saved = current.save(tmp)
+        manifest = build_manifest(current, tmp, saved=saved, source=source, steps=planned, quality=None,
                                   notes=ctx.notes, elapsed_s=round(elapsed, 3))
         manifest["floors"] = floors.model_dump(exclude_none=True)
-        import json
-
-        (tmp / "leaninfer.json").write_text(json.dumps(manifest, indent=2))
+        _write_manifest(tmp, manifest)
+        # The gate judges what a user will load, not the object in memory.
+        quality = evaluate(load_artifact(tmp, device=device), source, sts=sts)
+        floors.check(quality)
+        manifest["quality"] = quality
+        _write_manifest(tmp, manifest)
     out = Path(out).resolve()
     return OptimizeResult(path=out, manifest=manifest, model=load(out, device=device))
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    (Path(folder) / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))

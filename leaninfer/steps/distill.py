@@ -43,7 +43,9 @@ import numpy as np
 from pydantic import PrivateAttr, field_validator, model_validator
 
 from ..errors import LeaninferError, StepError
+from ..models import load
 from .common import StepConfig, StepContext, log, register
+from .prune import drop_blocks, num_blocks
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus.txt"
 
@@ -115,8 +117,6 @@ def evenly_spaced(n_teacher: int, n_student: int) -> list[int]:
 
 
 def build_student(cfg: Distill, teacher_module, given_module):
-    from .prune import drop_blocks, num_blocks
-
     if cfg.student == "input":
         return copy.deepcopy(given_module), None
     if cfg.student == "config":
@@ -254,8 +254,6 @@ class Distill(StepConfig):
         return h.hexdigest()[:20]
 
     def apply(self, model, ctx: StepContext):
-        from ..models import TorchModel, load
-
         teacher = load(self.teacher, task=model.task, device=str(model.device)) if self.teacher else model
         if teacher.backend != "torch" or teacher.precision != "fp32":
             raise StepError(f"distill needs a PyTorch FP32 teacher; {teacher.ref!r} is {teacher.state}")
@@ -281,10 +279,8 @@ class Distill(StepConfig):
         ctx.note(f"distill: {result['steps']} steps ({where}, stopped by {result['stopped_by']}) in "
                  f"{result['train_s']:.0f} s on {result['device']}; loss {result['loss_first']:.4f} -> "
                  f"{result['loss_last']:.4f} (mean of the first/last {result['loss_window']} steps)")
-        out = TorchModel(student.eval(), device=model.device, ref=model.ref, task=model.task,
-                         tokenizer=teacher.tokenizer, config=student.config, weights=teacher.weights,
-                         precision="fp32", max_seq_length=model.max_seq_length, path=None)
-        return out
+        return model.derive(module=student.eval(), tokenizer=teacher.tokenizer, config=student.config,
+                            weights=teacher.weights, precision="fp32", path=None)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from ..data import default_texts
 from ..errors import ExportParityError, StepError
 from ..hardware import detect_local
+from ..models.torch_modules import mean_pool_normalize
 from .common import FilteredStep, StepConfig, StepContext, log, register
 
 OPSET = 17
@@ -31,8 +33,6 @@ _FUSION_TYPES = {"bert": "bert", "gpt2": "gpt2"}  # model_type -> onnxruntime.tr
 
 def _wrapper(module, task: str):
     import torch
-
-    from ..models import mean_pool_normalize
 
     class Embedder(torch.nn.Module):
         def __init__(self, m):
@@ -55,8 +55,6 @@ def _wrapper(module, task: str):
 
 
 def parity_texts(ctx: StepContext) -> list[str]:
-    from ..data import default_texts
-
     texts = ctx.calibration_texts or default_texts()
     return texts[:48]
 
@@ -101,8 +99,6 @@ class OnnxExport(StepConfig):
     def apply(self, model, ctx: StepContext):
         import torch
 
-        from ..backends import OrtModel
-
         texts = parity_texts(ctx)
         before = outputs(model, texts)
         path = Path(ctx.work_dir) / "model.onnx"
@@ -121,8 +117,7 @@ class OnnxExport(StepConfig):
             torch.onnx.export(_wrapper(traced, model.task), args, str(path), dynamo=False,
                               opset_version=self.opset, input_names=["input_ids", "attention_mask"],
                               output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
-        out = OrtModel(path, ref=model.ref, task=model.task, tokenizer=model.tokenizer, config=model.config,
-                       weights=model.weights, precision="fp32", max_seq_length=model.max_seq_length)
+        out = model.derive(graph=path, precision="fp32")
         parity = compare(model.task, before, outputs(out, texts))
         check_parity(model.task, parity, "ONNX export vs PyTorch", self.min_cosine)
         source_after = compare(model.task, before, outputs(model, texts))
@@ -154,7 +149,7 @@ class _OrtQuant(FilteredStep):
         """Fuse if we know the architecture, then list MatMul/Gemm nodes the patterns exclude."""
         import onnx
 
-        src = model.onnx_path
+        src = model.graph_path
         model_type = _FUSION_TYPES.get(getattr(model.config, "model_type", ""))
         if self.fuse and model_type:
             from onnxruntime.transformers.optimizer import optimize_model
@@ -178,16 +173,12 @@ class _OrtQuant(FilteredStep):
         return src, excluded
 
     def _finish(self, model, ctx: StepContext, tmp: Path):
-        from ..backends import OrtModel
-
         for p in Path(ctx.work_dir).glob("model*.onnx"):
             if p != tmp:
                 p.unlink()
         final = Path(ctx.work_dir) / "model.onnx"
         tmp.replace(final)
-        return OrtModel(final, device=model.device, ref=model.ref, task=model.task, tokenizer=model.tokenizer,
-                        config=model.config, weights=model.weights, precision="int8",
-                        max_seq_length=model.max_seq_length)
+        return model.derive(graph=final, precision="int8")
 
 
 @register
@@ -233,8 +224,6 @@ class OrtInt8Static(_OrtQuant):
 
         texts = (ctx.calibration_texts or [])[: self.calibration_samples]
         if len(texts) < 8:
-            from ..data import default_texts
-
             texts = default_texts()[: self.calibration_samples]
         src, excluded = self._prepare(model, ctx)
 

@@ -6,7 +6,8 @@ import pytest
 
 import leaninfer
 from leaninfer.errors import StepError
-from leaninfer.optimize import get_step, optimize
+from leaninfer.pipeline import optimize
+from leaninfer.steps import get_step
 
 from ..conftest import DEVICES
 

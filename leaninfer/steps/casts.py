@@ -26,9 +26,8 @@ class _Cast(StepConfig):
             ctx.note(f"{self.precision} on this CPU ({hw.cpu_name}) has no native {self.precision} arithmetic: "
                      f"weights take half the memory, but matmuls convert to FP32 on the fly and usually run "
                      f"slower than FP32. Use int8 or ort-int8 for speed on this CPU.")
-        out = model.copy()
-        out.module = out.module.to(dtype)
-        out.precision = self.precision
+        out = model.copy(precision=self.precision)
+        out.module.to(dtype)
         return out
 
 

@@ -47,12 +47,8 @@ class _Bnb(FilteredStep):
                             "Use int8 (torchao) or ort-int8 on CPUs.") from None
         finally:
             shutil.rmtree(src, ignore_errors=True)
-        from ..models import TorchModel
-
-        return TorchModel(module.eval(), device=model.device, ref=model.ref, task=model.task,
-                         tokenizer=model.tokenizer, config=module.config, weights=model.weights,
-                         precision="int8" if self.bits == 8 else "nf4", max_seq_length=model.max_seq_length,
-                         path=model.path)
+        return model.derive(module=module.eval(), config=module.config,
+                            precision="int8" if self.bits == 8 else "nf4")
 
     def exclude_leaf(self) -> list[str]:
         """bitsandbytes skips modules by name; our patterns become the leaf names they end with."""

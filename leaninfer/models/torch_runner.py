@@ -1,17 +1,8 @@
-"""Model work behind the scheduler's :class:`~leaninfer.serving.core.Runner` interface.
-
-* :class:`KVCacheRunner` — PyTorch causal LMs: one left-padded batch with a KV cache; sequences join and leave
-  between decode steps.
-* :class:`RecomputeRunner` — backends with full-sequence logits only (ONNX Runtime, OpenVINO): each step
-  recomputes every running sequence's prefix in one padded batch. Quadratic in length, but still batched at
-  the iteration level, so concurrent requests share each model call.
-"""
+"""The KV-cache runner for PyTorch causal LMs: what ``TorchModel.runner()`` returns."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from .core import pad_left_or_right
+from .runner import pad_left_or_right
 
 
 class KVCacheRunner:
@@ -26,10 +17,13 @@ class KVCacheRunner:
     object is kept between steps (the model appends to it), and rebuilt only when membership changes.
     """
 
+    has_cache = True
+
     def __init__(self, model):
         import torch
+        from transformers import DynamicCache
 
-        self.torch = torch
+        self.torch, self.DynamicCache = torch, DynamicCache
         self.module = model.module
         self.device = model.device
         self.pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
@@ -43,17 +37,16 @@ class KVCacheRunner:
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _set_kv(self, kv: list[tuple]) -> None:
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache(ddp_cache_data=kv) if kv else None
+        self.cache = self.DynamicCache(ddp_cache_data=kv) if kv else None
 
     def _width(self) -> int:
         return 0 if self.cache is None else int(self.cache.layers[0].keys.shape[-2])
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
         with self.torch.inference_mode():
+            # logits for the last position only: the LM head over every prompt position is wasted work.
             out = self.module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              cache=cache, use_cache=True)  # `cache`: transformers 5 name of past_key_values
+                              cache=cache, use_cache=True, logits_to_keep=1)  # `cache`: transformers 5 name
         return out.logits[:, -1, :].float(), out.cache
 
     # -- Runner -------------------------------------------------------------------------------------------
@@ -63,9 +56,7 @@ class KVCacheRunner:
         ids = torch.from_numpy(enc["input_ids"]).to(self.device)
         mask = torch.from_numpy(enc["attention_mask"]).to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
-        logits, cache = self._forward(ids, mask, pos, DynamicCache())
+        logits, cache = self._forward(ids, mask, pos, self.DynamicCache())
         new_len = torch.tensor([len(p) for p in prompts], dtype=torch.long)
         new_pad = ids.shape[1] - new_len
         new_kv = self._kv(cache)
@@ -131,40 +122,11 @@ def _lpad(t, width: int):
     return torch.cat([t.new_zeros(*t.shape[:-2], extra, t.shape[-1]), t], dim=-2)
 
 
-class RecomputeRunner:
-    """Iteration-level batching for models that only give full-sequence logits (no KV cache)."""
+def _lpad(t, width: int):
+    """Left-pad a [B, H, L, D] cache tensor with zeros to ``width`` columns (masked out anyway)."""
+    import torch
 
-    def __init__(self, model):
-        self.model = model
-        tok = model.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        self.seqs: dict[int, list[int]] = {}
-
-    def _last_logits(self, seq_ids):
-        # Right padding: exported graphs may derive positions from the start of the row, and causal attention
-        # keeps padding at the end from touching the real tokens. Each row's logits come from its last token.
-        seqs = [self.seqs[s] for s in seq_ids]
-        enc = pad_left_or_right(seqs, self.pad_id, left=False)
-        logits = np.asarray(self.model.logits_batch(enc))
-        return logits[np.arange(len(seqs)), [len(s) - 1 for s in seqs], :]
-
-    def prefill(self, seq_ids, prompts):
-        for s, p in zip(seq_ids, prompts, strict=True):
-            self.seqs[s] = list(p)
-        return self._last_logits(seq_ids)
-
-    def decode(self, seq_ids, tokens):
-        for s, t in zip(seq_ids, tokens, strict=True):
-            self.seqs[s].append(int(t))
-        return self._last_logits(seq_ids)
-
-    def release(self, seq_ids):
-        for s in seq_ids:
-            self.seqs.pop(s, None)
-
-
-def runner_for(model):
-    """The runner a loaded handle needs: KV cache for PyTorch modules, recompute otherwise."""
-    if getattr(model, "backend", None) == "torch" and hasattr(model, "module"):
-        return KVCacheRunner(model)
-    return RecomputeRunner(model)
+    extra = width - t.shape[-2]
+    if extra <= 0:
+        return t
+    return torch.cat([t.new_zeros(*t.shape[:-2], extra, t.shape[-1]), t], dim=-2)

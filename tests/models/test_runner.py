@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from leaninfer.serving.runners import KVCacheRunner, RecomputeRunner
 
 from leaninfer.serving.core import GenerationScheduler, GenSequence, SamplingParams
-from leaninfer.serving.runners import KVCacheRunner, RecomputeRunner
 
 PROMPTS = ["hello there", "a much longer prompt with many words in it to pad the batch", "x",
            "the cat sat on the mat today"]

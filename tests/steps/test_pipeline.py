@@ -6,7 +6,7 @@ import pytest
 
 import leaninfer
 from leaninfer.errors import LeaninferError, QualityFloorError, StepError
-from leaninfer.optimize import Recipe, optimize, parse_steps, plan
+from leaninfer.pipeline import Recipe, optimize, parse_steps, plan
 
 
 def test_incompatible_combinations_are_refused_before_any_work(tmp_path, tiny_gpt2):
@@ -51,7 +51,7 @@ def test_manifest_tells_the_whole_story(tmp_path, tiny_bert):
 
 
 def test_interrupted_run_leaves_no_half_written_artifact(tmp_path, tiny_bert, monkeypatch):
-    from leaninfer.optimize.onnx import OrtInt8
+    from leaninfer.steps.onnx import OrtInt8
 
     def boom(self, model, ctx):
         assert (ctx.work_dir / "model.onnx").exists()  # the export was already written into the temp folder

@@ -27,7 +27,9 @@ from typing import ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
+from ..data import default_texts
 from ..errors import StepError
+from ..models.torch_modules import mean_pool_normalize
 from .common import FilteredStep, ModuleFilter, StepConfig, StepContext, log, register
 
 # --------------------------------------------------------------------------------------------------------
@@ -128,8 +130,6 @@ def keep_inputs(m, idx) -> None:
 
 
 def calibration_batches(model, ctx: StepContext, num_texts: int, batch_size: int = 16, max_length: int = 128):
-    from ..data import default_texts
-
     texts = (ctx.calibration_texts or default_texts())[:num_texts]
     if not texts:
         raise StepError("importance scoring needs calibration texts; none were given")
@@ -147,8 +147,6 @@ def _forward(model, module, enc):
 
 def output_signature(model, module, batches) -> list:
     """What the model computes on the batches: pooled embeddings, or next-token log-probabilities."""
-    from ..models import mean_pool_normalize
-
     outs = []
     for enc in batches:
         out, mask = _forward(model, module, enc)

@@ -11,6 +11,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..errors import StepError, valid_list
+from ..models.torch_modules import linearize_conv1d
 
 log = logging.getLogger("leaninfer")
 
@@ -96,60 +97,6 @@ class FilteredStep(StepConfig, ModuleFilter):
         return names
 
 
-def linearize_conv1d(module) -> int:
-    """Replace GPT-2's ``Conv1D`` (a Linear with a transposed weight) by ``nn.Linear``, in place.
-
-    Quantizers (torchao, torch.ao) only know ``nn.Linear``; without this GPT-2's matmuls stay FP32. The
-    module computes the same function afterwards. Returns how many modules were replaced.
-    """
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    replaced = 0
-    for parent in list(module.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                n_in, n_out = child.weight.shape
-                lin = torch.nn.Linear(n_in, n_out, bias=child.bias is not None, device=child.weight.device,
-                                      dtype=child.weight.dtype)
-                with torch.no_grad():
-                    lin.weight.copy_(child.weight.t())
-                    if child.bias is not None:
-                        lin.bias.copy_(child.bias)
-                setattr(parent, child_name, lin)
-                replaced += 1
-    return replaced
-
-
-def module_weight_bytes(module) -> int:
-    """Bytes of parameters and buffers at their stored width (quantized tensors count their packed data)."""
-    seen, total = set(), 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        total += _tensor_bytes(t)
-    # torch.ao dynamic-quantized Linear keeps its weight in packed params, not in parameters().
-    for m in module.modules():
-        packed = getattr(m, "_packed_params", None)
-        if packed is not None and hasattr(packed, "_weight_bias"):
-            w, b = packed._weight_bias()
-            total += w.numel() * w.element_size() + (b.numel() * b.element_size() if b is not None else 0)
-    return total
-
-
-def _tensor_bytes(t) -> int:
-    # torchao and bitsandbytes tensors are subclasses whose real storage lives in inner tensors.
-    inner = getattr(t, "__tensor_flatten__", None)
-    if inner is not None and type(t).__name__ not in ("Parameter", "Tensor"):
-        try:
-            names, _ = t.__tensor_flatten__()
-            return sum(_tensor_bytes(getattr(t, n)) for n in names)
-        except Exception:
-            pass
-    return t.numel() * t.element_size()
-
-
 def get_step(name: str, **params) -> StepConfig:
     cls = STEPS.get(name)
     if cls is None:
@@ -157,10 +104,10 @@ def get_step(name: str, **params) -> StepConfig:
     try:
         return cls(**params)
     except Exception as e:  # pydantic ValidationError: name the field and the valid values
-        raise StepError(f"step {name!r}: invalid parameters {params}: {_pydantic_message(e)}") from None
+        raise StepError(f"step {name!r}: invalid parameters {params}: {pydantic_message(e)}") from None
 
 
-def _pydantic_message(e: Exception) -> str:
+def pydantic_message(e: Exception) -> str:
     errors = getattr(e, "errors", None)
     if callable(errors):
         return "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}" for err in errors())

@@ -13,17 +13,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from ..data import default_texts
 from ..errors import StepError
 from .common import FilteredStep, StepConfig, StepContext, log, register
 from .onnx import _wrapper, check_parity, compare, outputs, parity_texts
 
 
 def _ov_model(model, precision: str, xml: Path):
-    from ..backends import OpenVINOModel
-
-    return OpenVINOModel(xml, ref=model.ref, task=model.task, tokenizer=model.tokenizer, config=model.config,
-                         weights=model.weights, precision=precision, max_seq_length=model.max_seq_length,
-                         manifest={"num_parameters": model.num_parameters()})
+    return model.derive(graph=xml, precision=precision, manifest={"num_parameters": model.num_parameters()})
 
 
 @register
@@ -81,11 +78,9 @@ class OVInt8(FilteredStep):
         import nncf
         import openvino as ov
 
-        from ..data import default_texts
-
         texts = (ctx.calibration_texts or default_texts())[: self.calibration_samples]
         batches = [model.tokenize(texts[i:i + 1]) for i in range(len(texts))]
-        ov_model = ov.Core().read_model(str(model.xml_path))
+        ov_model = ov.Core().read_model(str(model.graph_path))
         ignored = None
         excluded = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
                     if op.get_type_name() == "MatMul" and not self.selects(_op_module(op.get_friendly_name()))]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from ..errors import StepError
 from .common import FilteredStep, StepContext, register
 
 
@@ -27,8 +28,9 @@ class Int8(FilteredStep):
     def produces(self, state: str) -> str:
         return "torch:int8"
 
-    def restructure(self, module) -> None:
-        """Quantize ``module`` in place (also used to rebuild the structure when loading an artifact)."""
+    def quantize(self, module) -> None:
+        """Quantize ``module`` in place. (Loading the artifact never calls this: the saved structure map
+        says which modules to rebuild as what.)"""
         import torch
 
         names = set(self.linear_names(module))
@@ -47,10 +49,7 @@ class Int8(FilteredStep):
 
     def apply(self, model, ctx: StepContext):
         if not str(model.device).startswith("cpu") and self.method == "torch-dynamic":
-            from ..errors import StepError
-
             raise StepError("int8 method 'torch-dynamic' runs on CPU only; use method=torchao on GPUs")
-        out = model.copy()
-        self.restructure(out.module)
-        out.precision = "int8"
+        out = model.copy(precision="int8")
+        self.quantize(out.module)
         return out

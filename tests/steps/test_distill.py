@@ -11,10 +11,11 @@ from transformers import AutoModel
 
 import leaninfer
 from leaninfer.errors import LeaninferError, StepError
-from leaninfer.optimize import distill as D
-from leaninfer.optimize import get_step, optimize
-from leaninfer.optimize.common import StepContext
-from leaninfer.optimize.prune import num_blocks
+from leaninfer.pipeline import optimize
+from leaninfer.steps import distill as D
+from leaninfer.steps import get_step
+from leaninfer.steps.common import StepContext
+from leaninfer.steps.prune import num_blocks
 
 TEXTS = D.read_corpus()[:64]
 
@@ -170,7 +171,7 @@ def test_distill_on_gpu_with_autocast(tmp_path):
 def test_shipped_recipes_parse_and_plan(name, task):
     from pathlib import Path
 
-    from leaninfer.optimize import Recipe, plan
+    from leaninfer.pipeline import Recipe, plan
 
     r = Recipe.from_yaml(Path(leaninfer.__file__).parent / "recipes" / name)
     planned = plan(r.configs(), "torch:fp32", task, floors=r.floors, has_sts=True)

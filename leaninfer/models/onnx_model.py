@@ -1,0 +1,71 @@
+"""ONNX Runtime handles (CPU, or CUDA when asked for and available).
+
+Embedding graphs are exported with mean pooling and L2 normalisation inside, so the runtime returns final
+embeddings; causal-LM graphs return logits for the whole sequence (no KV cache: their runner recomputes the
+prefix each step, which is fine for scoring and short outputs, and said in the docs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import Model
+from .formats import register_format, register_handle
+from .runtime_files import artifact_fields, copy_into, default_threads, files_bytes
+
+GRAPH_FILE = "model.onnx"
+
+
+@register_handle(".onnx")
+class OrtModel(Model):
+    """An ONNX model run by ONNX Runtime."""
+
+    backend = "onnx"
+
+    def __init__(self, graph_path: Path, *, threads: int | None = None, **kw):
+        super().__init__(**kw)
+        import onnxruntime as ort
+
+        self.graph_path = Path(graph_path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(self.graph_path), opts, providers=providers)
+        self._input_names = [i.name for i in self.session.get_inputs()]
+
+    def num_parameters(self) -> int:
+        if self.manifest and self.manifest.get("num_parameters"):
+            return int(self.manifest["num_parameters"])
+        import onnx
+
+        graph = onnx.load(str(self.graph_path), load_external_data=False).graph
+        return int(sum(np.prod(t.dims) for t in graph.initializer if len(t.dims) >= 1))
+
+    def weight_bytes(self) -> int:
+        return files_bytes(self.graph_path.parent, (".onnx", ".onnx.data", ".data"))
+
+    def _feed(self, enc):
+        return {k: enc[k] for k in self._input_names}
+
+    def embed_batch(self, enc):
+        return self.session.run(None, self._feed(enc))[0]
+
+    def logits_batch(self, enc):
+        return self.session.run(None, self._feed(enc))[0].astype(np.float32, copy=False)
+
+    def save(self, folder: Path) -> dict:
+        self.tokenizer.save_pretrained(folder)
+        copy_into([self.graph_path], folder, [GRAPH_FILE])
+        self.config.save_pretrained(folder)
+        return {"format": "onnx"}
+
+
+@register_format("onnx")
+def load_onnx_artifact(path: Path, manifest: dict, device: str) -> OrtModel:
+    return OrtModel(Path(path) / GRAPH_FILE, **artifact_fields(path, manifest, device))

@@ -1,0 +1,207 @@
+"""PyTorch handles: any precision or quantization, on one device; loading and saving their artifacts.
+
+Formats: ``hf`` (``save_pretrained``: plain and bitsandbytes models reload with plain transformers) and
+``torch-state`` (config + state dict + the structure map, for models whose modules were swapped).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UnknownModelError
+from .base import Model
+from .formats import register_format, register_handle
+from .presets import RandomPreset, bundled_tokenizer, known_references, prepare_tokenizer
+from .structure_map import apply_structure_map, structure_map
+from .torch_modules import (
+    auto_class,
+    lookup_only_bytes,
+    mean_pool_normalize,
+    module_weight_bytes,
+    retie_embeddings,
+)
+from .torch_runner import KVCacheRunner
+
+STATE_FILE = "model_state.pt"
+
+
+@register_handle("module")
+class TorchModel(Model):
+    """A PyTorch module (any precision or quantization) on one device."""
+
+    backend = "torch"
+
+    def __init__(self, module, **kw):
+        super().__init__(**kw)
+        self.module = module.eval()
+
+    def num_parameters(self) -> int:
+        if self.manifest and self.manifest.get("num_parameters"):
+            return int(self.manifest["num_parameters"])
+        return sum(p.numel() for p in self.module.parameters())
+
+    def weight_bytes(self) -> int:
+        return module_weight_bytes(self.module)
+
+    def lookup_only_bytes(self) -> int:
+        return lookup_only_bytes(self.module)
+
+    def _inputs(self, enc):
+        import torch
+
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in enc.items()
+                if k in ("input_ids", "attention_mask")}
+
+    def embed_batch(self, enc):
+        import torch
+
+        with torch.inference_mode():
+            inputs = self._inputs(enc)
+            hidden = self.module(**inputs).last_hidden_state.float()
+            return mean_pool_normalize(hidden, inputs["attention_mask"]).cpu().numpy()
+
+    def logits_batch(self, enc):
+        import torch
+
+        with torch.inference_mode():
+            return self.module(**self._inputs(enc)).logits.float().cpu().numpy()
+
+    def runner(self) -> KVCacheRunner:
+        self._require("causal-lm")
+        return KVCacheRunner(self)
+
+    def copy(self, **changes) -> TorchModel:
+        """A handle on a deep copy of the module, with ``changes`` to its fields (steps transform copies;
+        the source handle stays intact)."""
+        module = copy.deepcopy(self.module)
+        return self.derive(module=module, **{"config": module.config, **changes})
+
+    def save(self, folder: Path) -> dict:
+        import torch
+
+        folder = Path(folder)
+        self.tokenizer.save_pretrained(folder)
+        # Quantized through transformers (bitsandbytes): its own save/load round-trips the model.
+        hf_quantized = getattr(self.module.config, "quantization_config", None) is not None
+        smap = {} if hf_quantized else structure_map(self.module, self.module.config, self.task)
+        if not smap:
+            self.module.save_pretrained(folder)
+            return {"format": "hf"}
+        self.module.config.save_pretrained(folder)
+        torch.save(self.module.state_dict(), folder / STATE_FILE)
+        return {"format": "torch-state", "quantization_map": smap}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}[name]
+
+
+def infer_task(config) -> str:
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
+        return "causal-lm"
+    if getattr(config, "is_decoder", False) or config.model_type in ("gpt2", "llama", "qwen2", "mistral",
+                                                                      "gemma", "phi", "opt", "gpt_neox"):
+        return "causal-lm"
+    return "embedding"
+
+
+def max_seq_length(path: Path | None, tokenizer, config) -> int:
+    if path is not None and (path / "sentence_bert_config.json").exists():
+        msl = json.loads((path / "sentence_bert_config.json").read_text()).get("max_seq_length")
+        if msl:
+            return int(msl)
+    limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else 512
+
+
+def load_random(preset: RandomPreset, *, device: str, dtype: str | None) -> TorchModel:
+    import torch
+
+    config = preset.make_config()
+    tokenizer = bundled_tokenizer()
+    if preset.task == "causal-lm":
+        # The bundled tokenizer's [SEP] ends a sequence; [PAD] pads. Random weights rarely emit either.
+        config.eos_token_id, config.pad_token_id, config.bos_token_id = (tokenizer.sep_token_id,
+                                                                         tokenizer.pad_token_id,
+                                                                         tokenizer.cls_token_id)
+        tokenizer.eos_token = tokenizer.sep_token
+    # Same seed every time: the same preset gives the same weights in every process, so a variant
+    # built in one process can be compared with its reference rebuilt in another.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = auto_class(preset.task).from_config(config, attn_implementation="sdpa")
+    module = module.to(device).eval()
+    if dtype:
+        module = module.to(torch_dtype(dtype))
+    tokenizer = prepare_tokenizer(tokenizer, preset.task)
+    return TorchModel(module, device=device, ref=f"random:{preset.name}", task=preset.task, tokenizer=tokenizer,
+                      config=config, weights="random", precision=dtype or "fp32",
+                      max_seq_length=max_seq_length(None, tokenizer, config))
+
+
+def load_hf(ref: str, location: str, *, task: str | None, device: str, dtype: str | None) -> TorchModel:
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except OSError as e:
+        raise UnknownModelError(
+            f"could not load model reference {ref!r} ({str(e).splitlines()[0]}). Without network only local "
+            f"references work. Valid references: {', '.join(known_references())}") from None
+    task = task or infer_task(config)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(location), task)
+    kwargs = {"attn_implementation": "sdpa"}
+    if dtype:
+        kwargs["dtype"] = torch_dtype(dtype)
+    module = auto_class(task).from_pretrained(location, **kwargs).to(device).eval()
+    path = Path(location) if Path(location).is_dir() else None
+    precision = dtype or {"float16": "fp16", "bfloat16": "bf16"}.get(str(module.dtype).replace("torch.", ""), "fp32")
+    return TorchModel(module, device=device, ref=ref, task=task, tokenizer=tokenizer, config=config,
+                      precision=precision, max_seq_length=max_seq_length(path, tokenizer, config), path=path)
+
+
+def _artifact_fields(path: Path, manifest: dict, device: str) -> dict:
+    return {"ref": str(path), "task": manifest["task"], "weights": manifest.get("weights", "pretrained"),
+            "precision": manifest.get("precision", "fp32"), "manifest": manifest, "path": path, "device": device}
+
+
+@register_format("hf")
+def load_hf_artifact(path: Path, manifest: dict, device: str) -> TorchModel:
+    model = load_hf(str(path), str(path), task=manifest["task"], device=device, dtype=None)
+    model.weights, model.precision, model.manifest = manifest.get("weights", "pretrained"), \
+        manifest.get("precision", "fp32"), manifest
+    return model
+
+
+@register_format("torch-state")
+def load_torch_state(path: Path, manifest: dict, device: str) -> TorchModel:
+    """Build the architecture from its config, swap in the modules the structure map names, load the state."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    task = manifest["task"]
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path), task)
+    module = auto_class(task).from_config(config, attn_implementation="sdpa")
+    apply_structure_map(module, manifest.get("quantization_map") or {})
+    # Load on the CPU and move the whole module after: assigning quantized (tensor-subclass) CUDA tensors
+    # into a CPU-built module fails ("storage on a different device"), seen on an H100.
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    module.load_state_dict(state, assign=True)
+    retie_embeddings(module, config)
+    return TorchModel(module.to(device).eval(), tokenizer=tokenizer, config=config,
+                      max_seq_length=manifest.get("max_seq_length") or max_seq_length(path, tokenizer, config),
+                      **_artifact_fields(path, manifest, device))

@@ -1,0 +1,136 @@
+"""House rules on imports, checked by parsing every module (ast), so a cycle fails on the day it appears.
+
+* Internal modules are imported at the top of a file: a function-level import of a leaninfer module would
+  hide a cycle until the one code path that runs it.
+* The graph of top-level internal imports has no cycle.
+* Loading an INT8 artifact rebuilds it from its manifest's map, without the step registry.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import leaninfer
+
+ROOT = Path(leaninfer.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    base = base if is_package else base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(path: Path, modules: set[str]) -> list[tuple[str, int, bool]]:
+    """(internal module imported, line, at top level?) for every import statement of the file."""
+    name = _module_name(path)
+    tree = ast.parse(path.read_text(), filename=str(path))
+    top = {id(n) for n in tree.body}
+    for n in tree.body:  # `if TYPE_CHECKING:` blocks and try/except at the top level count as top level
+        if isinstance(n, (ast.If, ast.Try)):
+            top |= {id(c) for c in ast.walk(n)}
+    out = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(name, path.name == "__init__.py", node)
+            # `from . import x` imports the submodule x; `from .m import f` imports m.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        for t in targets:
+            if t == "leaninfer" or t.startswith("leaninfer."):
+                while t not in modules and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                out.append((t, node.lineno, id(node) in top))
+    return out
+
+
+def _graph() -> tuple[dict[str, set[str]], list[str]]:
+    files = sorted(ROOT.rglob("*.py"))
+    modules = {_module_name(p) for p in files}
+    graph, late = {}, []
+    for p in files:
+        name = _module_name(p)
+        graph[name] = set()
+        for target, line, at_top in _imports(p, modules):
+            if not at_top:
+                late.append(f"{p.relative_to(ROOT.parent)}:{line} imports {target} inside a function")
+            elif target != name:
+                graph[name].add(target)
+    return graph, late
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_internal_imports_are_at_the_top_of_each_file():
+    _, late = _graph()
+    assert not late, "internal imports belong at the top of the file:\n" + "\n".join(late)
+
+
+def test_no_import_cycle_among_leaninfer_modules():
+    graph, _ = _graph()
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_cycle_detector_finds_a_planted_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(graph.get(n, ()))
+    return seen
+
+
+def test_the_model_layer_does_not_depend_on_the_step_registry():
+    graph, _ = _graph()
+    for name in [n for n in graph if n.startswith("leaninfer.models")] + ["leaninfer.artifacts"]:
+        bad = sorted(m for m in _reachable(graph, name) if m.startswith(("leaninfer.steps", "leaninfer.pipeline")))
+        assert not bad, f"{name} reaches {bad}"
+
+
+def test_an_int8_artifact_reloads_with_the_step_registry_emptied(gpt2_int8_artifact, monkeypatch):
+    """The rebuild reads the manifest's map, not the recipe: with no step known, loading still works."""
+    from leaninfer.steps import registry
+
+    monkeypatch.setattr(registry, "STEPS", {})
+    m = leaninfer.load(gpt2_int8_artifact)
+    assert m.state == "torch:int8"
+    assert m.manifest["quantization_map"], "the manifest must hold the map the model was rebuilt from"

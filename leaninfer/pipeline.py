@@ -57,16 +57,46 @@ class Recipe(BaseModel):
         return parse_steps(self.steps)
 
 
+def split_step_text(text: str) -> list[dict]:
+    """``"prune-ffn:ratio=0.3,num_calibration_texts=8,int8:method=torch-dynamic"`` -> step mappings.
+
+    One syntax wherever a step is named (``optimize --steps``, ``bench --variants``, recipe shorthand):
+    ``step:key=value``, further ``key=value`` pairs after a comma or a colon; a comma item without ``=`` starts
+    the next step. Values stay strings: the step's own config validates and converts them.
+    """
+    out: list[dict] = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        head, *pairs = item.split(":")
+        if "=" in head:  # `key=value` continuing the previous step's parameters
+            if not out:
+                raise StepError(f"steps {text!r}: parameter {head!r} comes before any step name")
+            pairs, head = [head, *pairs], None
+        if head is not None:
+            out.append({"step": head.strip()})
+        for kv in pairs:
+            k, eq, v = kv.partition("=")
+            if not eq or not k.strip():
+                raise StepError(f"steps {text!r}: parameter {kv!r} of step {out[-1]['step']!r} must be key=value")
+            out[-1][k.strip()] = v.strip()
+    return out
+
+
 def parse_steps(steps: Sequence[str | dict | StepConfig] | str) -> list[StepConfig]:
-    """``"onnx,ort-int8"`` or ``["fp16", {"step": "int8", "method": "torchao"}]`` -> validated configs."""
+    """``"onnx,ort-int8"``, ``"int8:method=torch-dynamic"`` or ``["fp16", {"step": "int8", "method": "torchao"}]``
+    -> validated configs."""
     if isinstance(steps, str):
-        steps = [s.strip() for s in steps.split(",") if s.strip()]
+        steps = split_step_text(steps)
     out = []
     for s in steps:
+        if isinstance(s, str):
+            s = split_step_text(s)
+            if len(s) != 1:
+                raise StepError(f"{s!r}: one step per list item")
+            s = s[0]
         if isinstance(s, StepConfig):
             out.append(s)
-        elif isinstance(s, str):
-            out.append(get_step(s))
         elif isinstance(s, dict) and "step" in s:
             params = {k: v for k, v in s.items() if k != "step"}
             out.append(get_step(s["step"], **params))

@@ -53,3 +53,12 @@ def tiny_llama():
     import leaninfer
 
     return leaninfer.load("random:tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def gpt2_int8_artifact(tmp_path_factory):
+    """random:gpt2 with torch.ao dynamic INT8 Linears, saved: (artifact path, the handle it was built as)."""
+    import leaninfer
+
+    r = leaninfer.optimize("random:gpt2", "int8:method=torch-dynamic", tmp_path_factory.mktemp("gpt2") / "int8")
+    return r.path, r.model

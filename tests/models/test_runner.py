@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from leaninfer.serving.runners import KVCacheRunner, RecomputeRunner
+from leaninfer.models import RecomputeRunner
 
 from leaninfer.serving.core import GenerationScheduler, GenSequence, SamplingParams
 
@@ -13,8 +13,8 @@ PROMPTS = ["hello there", "a much longer prompt with many words in it to pad the
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
-@pytest.mark.parametrize("runner_cls", [KVCacheRunner, RecomputeRunner])
-def test_batched_greedy_equals_alone(request, fixture, runner_cls):
+@pytest.mark.parametrize("runner_of", [lambda m: m.runner(), RecomputeRunner], ids=["kv-cache", "recompute"])
+def test_batched_greedy_equals_alone(request, fixture, runner_of):
     m = request.getfixturevalue(fixture)
     ids = [m.tokenizer(p)["input_ids"] for p in PROMPTS]
     n = 10
@@ -23,7 +23,7 @@ def test_batched_greedy_equals_alone(request, fixture, runner_cls):
         x = m.module.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
                               max_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
         alone.append(x[0, len(p):].tolist())
-    s = GenerationScheduler(runner_cls(m), max_batch_size=3, eos_token_id=None)
+    s = GenerationScheduler(runner_of(m), max_batch_size=3, eos_token_id=None)
     seqs = []
     for i, p in enumerate(ids):  # staggered arrivals, different lengths: rows join and leave mid-flight
         seqs.append(s.submit(GenSequence(prompt=p, params=SamplingParams(max_tokens=n - i, temperature=0),

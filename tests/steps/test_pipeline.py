@@ -101,3 +101,37 @@ def test_bad_recipes_are_named(tmp_path, text, message):
     recipe.write_text(text)
     with pytest.raises(LeaninferError, match=message):
         Recipe.from_yaml(recipe)
+
+
+def test_the_quality_gate_judges_the_written_files_not_the_model_in_memory(tmp_path, tiny_bert, monkeypatch):
+    """A save that loses something (here: a corrupted weight on disk) must fail the floors."""
+    from leaninfer.models import TorchModel
+
+    real_save = TorchModel.save
+
+    def lossy_save(self, folder):
+        saved = real_save(self, folder)
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(folder / "model.safetensors")
+        state = {k: v.zero_() if k.endswith("word_embeddings.weight") else v for k, v in state.items()}
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        return saved
+
+    monkeypatch.setattr(TorchModel, "save", lossy_save)
+    with pytest.raises(QualityFloorError, match="mean_cosine_to_reference"):
+        optimize(tiny_bert, "fp16", tmp_path / "x", floors={"min_cosine": 0.999})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_step_syntax_with_parameters():
+    configs = parse_steps("prune-ffn:ratio=0.3,num_calibration_texts=8,int8:method=torch-dynamic")
+    assert [c.name for c in configs] == ["prune-ffn", "int8"]
+    assert configs[0].ratio == 0.3 and configs[0].num_calibration_texts == 8
+    assert configs[1].method == "torch-dynamic"
+    with pytest.raises(StepError, match="unknown step 'int9'.*valid steps"):
+        parse_steps("int9:method=x")
+    with pytest.raises(StepError, match="'method'.*torchao"):
+        parse_steps("int8:method=fast")
+    with pytest.raises(StepError, match="parameter 'ratio' of step 'prune-ffn' must be key=value"):
+        parse_steps("prune-ffn:ratio")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .kv_cache import growing_cache
 from .runner import pad_left_or_right
 
 
@@ -14,7 +15,8 @@ class KVCacheRunner:
     compute alone (greedy outputs equal, tested). Joining: the newcomers are prefilled as their own
     left-padded batch, then the two caches are padded on the left to the same width and concatenated along
     the batch. Leaving: rows are dropped and leading columns that became all-padding are trimmed. The cache
-    object is kept between steps (the model appends to it), and rebuilt only when membership changes.
+    object is kept between steps (the model appends to it in place, ``kv_cache.py``), and rebuilt only when
+    membership changes.
     """
 
     has_cache = True
@@ -37,7 +39,7 @@ class KVCacheRunner:
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _set_kv(self, kv: list[tuple]) -> None:
-        self.cache = self.DynamicCache(ddp_cache_data=kv) if kv else None
+        self.cache = growing_cache(kv) if kv else None
 
     def _width(self) -> int:
         return 0 if self.cache is None else int(self.cache.layers[0].keys.shape[-2])

@@ -1,0 +1,67 @@
+"""A KV cache that appends in place: transformers' ``DynamicLayer`` concatenates, copying the whole cache of
+every layer at every decode step (at batch 16 on a 2-core CPU that was 15% of GPT-2's step time).
+
+Each layer keeps a buffer with spare columns and exposes ``keys``/``values`` as views of its filled prefix;
+a step writes one column in place. When the buffer is full it doubles (amortized O(1) per token). The cache
+is still a ``DynamicCache`` to the model, so attention, masks and every architecture work unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+
+SPARE_COLUMNS = 64
+
+
+@functools.cache
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def fill(self, keys, values, spare: int = SPARE_COLUMNS) -> None:
+            self.lazy_initialization(keys, values)
+            self._reserve(keys, values, keys.shape[-2] + spare)
+            self._k[..., : keys.shape[-2], :].copy_(keys)
+            self._v[..., : values.shape[-2], :].copy_(values)
+            self._set_views(keys.shape[-2])
+
+        def _reserve(self, keys, values, columns: int) -> None:
+            k = keys.new_empty(*keys.shape[:-2], columns, keys.shape[-1])
+            v = values.new_empty(*values.shape[:-2], columns, values.shape[-1])
+            if getattr(self, "_k", None) is not None and self.keys is not None:
+                n = self.keys.shape[-2]
+                k[..., :n, :].copy_(self.keys)
+                v[..., :n, :].copy_(self.values)
+            self._k, self._v = k, v
+
+        def _set_views(self, n: int) -> None:
+            self.keys, self.values = self._k[..., :n, :], self._v[..., :n, :]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized or getattr(self, "_k", None) is None:
+                self.fill(key_states, value_states)
+                return self.keys, self.values
+            n, m = self.keys.shape[-2], key_states.shape[-2]
+            if n + m > self._k.shape[-2]:
+                self._reserve(key_states, value_states, max(2 * self._k.shape[-2], n + m))
+            self._k[..., n:n + m, :].copy_(key_states)
+            self._v[..., n:n + m, :].copy_(value_states)
+            self._set_views(n + m)
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def growing_cache(kv: list[tuple]):
+    """A ``DynamicCache`` whose layers hold ``kv`` ([(keys, values)] per layer) and append in place."""
+    from transformers import DynamicCache
+
+    layer_cls = _growing_layer_class()
+    layers = []
+    for k, v in kv:
+        layer = layer_cls()
+        layer.fill(k, v)
+        layers.append(layer)
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache

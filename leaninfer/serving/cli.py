@@ -7,10 +7,17 @@ import re
 from pathlib import Path
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
 from ..errors import LeaninferError, valid_list
+from ..hardware import get_profile
+from ..models import load
+from .app import create_app
+from .engine import BatchingConfig
+from .loadgen import ENDPOINTS, LoadSpec, run_load
+from .state import ServerConfig
 
 console = Console(stderr=True)
 out = Console()
@@ -18,6 +25,12 @@ out = Console()
 
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _option(config: type[BaseModel], field: str, **kwargs):
+    """A ``--field-name`` option whose default and help are the config field's own."""
+    info = config.model_fields[field]
+    return typer.Option(info.default, "--" + field.replace("_", "-"), help=info.description, **kwargs)
 
 
 def derive_name(ref: str) -> str:
@@ -33,8 +46,6 @@ def resolve_usd_per_hour(hardware: str | None, usd_per_hour: float | None) -> fl
         return float(usd_per_hour)
     if hardware is None:
         return 0.0
-    from ..hardware import get_profile
-
     profile = get_profile(hardware)  # raises a LeaninferError naming the valid profiles
     if profile.usd_per_hour is None:
         raise LeaninferError(f"hardware profile {hardware!r} has no price; give --usd-per-hour")
@@ -56,16 +67,12 @@ def register(app: typer.Typer, user_errors) -> None:
         max_queue: int = typer.Option(256, "--max-queue", min=1),
         hardware: str = typer.Option(None, "--hardware", help="hardware profile: its $/hour prices requests"),
         usd_per_hour: float = typer.Option(None, "--usd-per-hour", help="price of this machine (overrides)"),
-        request_timeout_s: float = typer.Option(600.0, "--request-timeout-s", min=0.001),
-        max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", min=1),
-        drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", min=0),
+        request_timeout_s: float = _option(ServerConfig, "request_timeout_s", min=0.001),
+        max_body_bytes: int = _option(ServerConfig, "max_body_bytes", min=1),
+        drain_timeout_s: float = _option(ServerConfig, "drain_timeout_s", min=0),
     ):
         """Serve models behind an OpenAI-compatible API with dynamic/continuous batching and metering."""
         import uvicorn
-
-        from ..models import load
-        from .app import ServerConfig, create_app
-        from .engine import BatchingConfig
 
         names = list(name or [])
         if len(names) > len(models):
@@ -78,9 +85,10 @@ def register(app: typer.Typer, user_errors) -> None:
         for n, ref in zip(names, models, strict=True):
             console.print(f"loading {ref} as {n!r}")
             loaded[n] = load(ref, device=device)
-        cfg = ServerConfig(BatchingConfig(max_batch_size, max_wait_ms, max_batch_tokens, max_queue),
-                           usd_per_hour=price, request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes,
-                           drain_timeout_s=drain_timeout_s)
+        batching = BatchingConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                                  max_batch_tokens=max_batch_tokens, max_queue=max_queue)
+        cfg = ServerConfig(batching=batching, usd_per_hour=price, request_timeout_s=request_timeout_s,
+                           max_body_bytes=max_body_bytes, drain_timeout_s=drain_timeout_s)
         app_ = create_app(loaded, cfg)
         console.print(f"serving {', '.join(names)} on http://{host}:{port}/v1  (batch {max_batch_size}, "
                       f"wait {max_wait_ms} ms, ${price}/h)")
@@ -104,8 +112,6 @@ def register(app: typer.Typer, user_errors) -> None:
         json_out: Path = typer.Option(None, "--json", help="write the results as JSON here ('-' for stdout)"),
     ):
         """Load-test an OpenAI-compatible server: throughput and TTFT/ITL/e2e percentiles per level."""
-        from .loadgen import ENDPOINTS, LoadSpec, run_load
-
         if endpoint not in ENDPOINTS:
             raise LeaninferError(f"unknown --endpoint {endpoint!r}; valid: {valid_list(ENDPOINTS)}")
         try:

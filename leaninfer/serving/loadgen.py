@@ -11,31 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
+from ..data import default_texts
+from ..latency import Latency
 
 ENDPOINTS = ("embeddings", "completions", "chat")
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Percentiles of a latency sample, in milliseconds."""
-
-    n: int
-    mean_ms: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-
-    @classmethod
-    def from_samples(cls, seconds) -> Latency:
-        a = np.asarray(list(seconds), dtype=float) * 1000
-        if a.size == 0:
-            return cls(0, None, None, None, None)
-        p50, p95, p99 = np.percentile(a, [50, 95, 99])
-        return cls(int(a.size), float(a.mean()), float(p50), float(p95), float(p99))
 
 
 @dataclass
@@ -75,8 +58,6 @@ class LevelResult:
 def make_prompt(prompt_tokens: int, seed: int = 0) -> str:
     """A prompt of about ``prompt_tokens`` tokens: bundled English words (≈ one token each for WordPiece and BPE
     vocabularies on common words), shuffled per seed so that requests differ."""
-    from ..data import default_texts
-
     words = " ".join(default_texts()).split()
     rng = random.Random(seed)
     return " ".join(rng.choice(words) for _ in range(max(1, prompt_tokens)))
@@ -224,8 +205,6 @@ def run_load(spec: LoadSpec, concurrency: list[int] | None = None, rates: list[f
     except RuntimeError:
         asyncio.run(main())
     else:  # called from a running loop (a notebook): run in a thread with its own loop
-        import threading
-
         t = threading.Thread(target=lambda: asyncio.run(main()))
         t.start()
         t.join()

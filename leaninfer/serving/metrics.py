@@ -41,5 +41,28 @@ class ServerMetrics:
         self.cost = Counter("leaninfer_cost_usd_total", "engine cost of served requests (busy time x price)",
                             ["model"], registry=r)
 
+    def count_request(self, model: str, endpoint: str, status: int, err_type: str | None = None) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(model, endpoint, str(status), err_type or "error").inc()
+
+    def observe_embedding(self, model: str, n_tokens: int, meter) -> None:
+        """An answered embeddings request (``meter``: its :class:`~leaninfer.serving.engine.Meter`)."""
+        self.input_tokens.labels(model).inc(n_tokens)
+        self.queue_time.labels(model).observe(meter.queue_s)
+        self.cost.labels(model).inc(meter.to_dict()["cost_usd"])
+
+    def observe_generation(self, model: str, n_prompt: int, seq, meter) -> None:
+        """A finished (or stopped) generation: its tokens, latencies and cost (``seq``: its ``GenSequence``)."""
+        n_out = len(seq.output)
+        self.input_tokens.labels(model).inc(n_prompt)
+        self.output_tokens.labels(model).inc(n_out)
+        self.queue_time.labels(model).observe(meter.queue_s)
+        if meter.ttft_s is not None:
+            self.ttft.labels(model).observe(meter.ttft_s)
+        if n_out > 1 and seq.first_token_at and seq.finished_at:
+            self.itl.labels(model).observe((seq.finished_at - seq.first_token_at) / (n_out - 1))
+        self.cost.labels(model).inc(meter.to_dict()["cost_usd"])
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

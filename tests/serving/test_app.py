@@ -150,6 +150,10 @@ def test_error_paths_are_openai_shaped(served):
             assert r.status_code == 400
             r = await c.post("/v1/chat/completions", json={"model": "tiny-gpt2", "messages": [{"role": "x"}]})
             assert r.status_code == 400 and r.json()["error"]["param"]
+            # no max_tokens: the default shrinks to the room left, and messages filling the context leave none
+            long = [{"role": "user", "content": "hello " * 1000}]
+            r = await c.post("/v1/chat/completions", json={"model": "tiny-gpt2", "messages": long})
+            assert (r.status_code, r.json()["error"]["code"]) == (400, "context_length_exceeded"), r.text
             r = await c.post("/v1/embeddings", content=b"[" + b"1," * 3_000_000 + b"1]")
             assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
             r = await c.get("/v1/nothing")

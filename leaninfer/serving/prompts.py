@@ -1,0 +1,77 @@
+"""Request inputs -> token ids, checked against the served model (vocabulary, context length, one prompt).
+
+Tokenizing happens here, on the event loop, so the engine thread only pads, runs and samples. Every refusal
+is a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from .protocol import ChatMessage, OpenAIError
+from .state import ServedModel
+
+MAX_EMBED_INPUTS = 2048
+
+
+def _vocab_size(s: ServedModel) -> int:
+    # The config may count more ids than the tokenizer (padded embedding tables); both ranges are valid input.
+    return max(len(s.model.tokenizer), getattr(s.model.config, "vocab_size", 0) or 0)
+
+
+def check_ids(s: ServedModel, ids: list[int], param: str) -> list[int]:
+    vocab = _vocab_size(s)
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise OpenAIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param=param,
+                          code="invalid_value")
+    return list(ids)
+
+
+def embed_tokens(s: ServedModel, inp: str | list) -> list[list[int]]:
+    """Token ids of each input of an embeddings request (a string, strings, ids, or lists of ids)."""
+    if isinstance(inp, str):
+        inp = [inp]
+    if len(inp) > MAX_EMBED_INPUTS:
+        raise OpenAIError(400, f"{len(inp)} inputs in one request; at most {MAX_EMBED_INPUTS}", param="input",
+                          code="too_many_inputs")
+    if isinstance(inp[0], int):
+        inp = [inp]
+    limit = s.model.max_seq_length
+    out = []
+    for i, x in enumerate(inp):
+        ids = check_ids(s, x, "input") if isinstance(x, list) else s.model.tokenizer(x)["input_ids"]
+        if len(ids) > limit:
+            raise OpenAIError(400, f"input[{i}] has {len(ids)} tokens; model {s.name!r} takes at most {limit}",
+                              param="input", code="context_length_exceeded")
+        out.append(list(ids))
+    return out
+
+
+def completion_prompt(s: ServedModel, prompt: str | list) -> list[int]:
+    """Token ids of a completions prompt: one string or one list of ids (several prompts are refused)."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        if len(prompt) != 1:
+            raise OpenAIError(400, f"{len(prompt)} prompts in one request; send one prompt per request",
+                              param="prompt", code="invalid_value")
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        if not prompt:
+            raise OpenAIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
+        return check_ids(s, prompt, "prompt")
+    ids = s.model.tokenizer(prompt)["input_ids"]
+    if not ids:  # an empty string on a tokenizer without special tokens: start from BOS/EOS
+        bos = s.model.tokenizer.bos_token_id
+        ids = [bos if bos is not None else (s.model.eos_token_id or 0)]
+    return list(ids)
+
+
+def chat_prompt(s: ServedModel, messages: list[ChatMessage]) -> list[int]:
+    """Token ids of a conversation through the model's own chat template, ready for the assistant's turn."""
+    tok = s.model.tokenizer
+    msgs = [{"role": m.role, "content": m.text()} for m in messages]
+    try:
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # a template that refuses this conversation (e.g. roles out of order)
+        raise OpenAIError(400, f"the model's chat template rejected the messages: {e}", param="messages",
+                          code="invalid_value") from None
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return list(ids) or [tok.bos_token_id or 0]

@@ -10,9 +10,13 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 
 import psutil
+import yaml
+
+from .errors import LeaninferError, valid_list
 
 # Flags worth recording with every result, in the order we report them.
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -119,8 +123,6 @@ LOCAL = "local"
 
 
 def _profile_error(where: str, field_name: str, msg: str):
-    from .errors import LeaninferError
-
     return LeaninferError(f"{where}: field {field_name!r} {msg}")
 
 
@@ -208,8 +210,6 @@ class HardwareProfile:
 
     def with_price(self, usd_per_hour: float) -> HardwareProfile:
         """The same machine at a user-given price (recorded as such)."""
-        from dataclasses import replace
-
         return replace(self, usd_per_hour=float(usd_per_hour), price_date="given by the user",
                        price_source="--usd-per-hour")
 
@@ -221,10 +221,6 @@ _PROFILE_FIELDS = {f for f in HardwareProfile.__dataclass_fields__ if f != "meas
 
 
 def _profiles_from_yaml(path, text: str | None = None) -> list[HardwareProfile]:
-    import yaml
-
-    from .errors import LeaninferError
-
     where = str(path)
     try:
         data = yaml.safe_load(text if text is not None else open(path).read())
@@ -257,8 +253,6 @@ def _profiles_from_yaml(path, text: str | None = None) -> list[HardwareProfile]:
 
 @functools.lru_cache(maxsize=8)
 def _load_profiles_cached(user_yaml: str | None) -> tuple[HardwareProfile, ...]:
-    from importlib import resources
-
     text = resources.files("leaninfer.data").joinpath("hardware_profiles.yaml").read_text()
     profiles = {p.name: p for p in _profiles_from_yaml("leaninfer/data/hardware_profiles.yaml", text)}
     if user_yaml:
@@ -299,8 +293,6 @@ def get_profile(name: str, user_yaml=None, usd_per_hour: float | None = None) ->
 
     `usd_per_hour` overrides (or, for 'local', sets) the price.
     """
-    from .errors import LeaninferError, valid_list
-
     if name == LOCAL:
         return local_profile(usd_per_hour)
     profiles = load_profiles(user_yaml)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from ..errors import LeaninferError
+from ..hardware import detect_local, load_profiles
+from .forecast import DEFAULT_MAX_UTILIZATION, forecast
+from .report import load_report
+from .runner import BenchConfig, recompute, run_bench
+from .suites import get_suite
 
 console = Console(stderr=True)
 out = Console()
@@ -17,46 +26,44 @@ def _csv(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _flag(field: str, flag: str | None = None, **kw):
+    """An option for a BenchConfig field: flag from the field name, help from its description.
+
+    The default is None, so a flag not given leaves the suite's setting or the config's default in place.
+    """
+    return typer.Option(None, flag or "--" + field.replace("_", "-"),
+                        help=BenchConfig.model_fields[field].description, **kw)
+
+
 def register(app: typer.Typer, user_errors) -> None:
     @app.command("bench")
     @user_errors
     def bench_cmd(
-        model: str = typer.Option(None, "--model", help="model reference (default: the suite's, else minilm)"),
-        variants: str = typer.Option(None, "--variants",
-                                     help="comma-separated: fp32, steps (int8, onnx+ort-int8, int8:method=torch-dynamic), "
-                                          "name=steps, or artifact dirs; fp32 is always added"),
+        model: str = _flag("model"),
+        variants: str = _flag("variants"),
         suite: str = typer.Option(None, "--suite", help="cpu-quick, llm-cpu, gpu or tiny: defaults for every flag"),
-        batch_sizes: str = typer.Option(None, "--batch-sizes", help="e.g. 1,8,32"),
-        seq_lens: str = typer.Option(None, "--seq-lens", help="embeddings: tokens per sequence, e.g. 128"),
-        prompt_tokens: int = typer.Option(None, "--prompt-tokens", min=1, help="generation: prompt length"),
-        gen_tokens: int = typer.Option(None, "--gen-tokens", min=1, help="generation: new tokens per sequence"),
-        hardware: str = typer.Option(None, "--hardware", help="price the measured machine as this profile "
-                                                              "(default: local, unpriced)"),
-        usd_per_hour: float = typer.Option(None, "--usd-per-hour", min=0, help="price of the measured machine"),
-        profiles: Path = typer.Option(None, "--profiles", help="YAML file with more hardware profiles"),
-        project_to: str = typer.Option(None, "--project-to", help="profiles to project to (roofline scaling)"),
-        utilization: float = typer.Option(None, "--utilization", help="fraction of the paid hour the hardware is busy"),
-        max_p95_ms: float = typer.Option(None, "--max-p95-ms", help="latency objective for the advice"),
-        min_cosine: float = typer.Option(None, "--min-cosine", help="quality floor (embeddings) for the advice"),
-        max_sts_drop: float = typer.Option(None, "--max-sts-drop", help="quality floor: STS points (needs --sts)"),
-        max_ppl_increase_pct: float = typer.Option(None, "--max-ppl-increase-pct", help="quality floor (LMs)"),
-        sts: Path = typer.Option(None, "--sts", help="STS CSV for the variants' quality check"),
-        threads: int = typer.Option(None, "--threads", min=1, help="threads for every variant (default: cores)"),
-        device: str = typer.Option(None, "--device", help="cpu or cuda"),
-        rounds: int = typer.Option(None, "--rounds", min=1, help="measure every variant this many times, interleaved"),
-        min_time_s: float = typer.Option(None, "--min-time-s", help="measure each configuration at least this long"),
+        batch_sizes: str = _flag("batch_sizes"),
+        seq_lens: str = _flag("seq_lens"),
+        prompt_tokens: int = _flag("prompt_tokens", min=1),
+        gen_tokens: int = _flag("gen_tokens", min=1),
+        hardware: str = _flag("hardware"),
+        usd_per_hour: float = _flag("usd_per_hour", min=0),
+        profiles: Path = _flag("profiles_yaml", "--profiles"),
+        project_to: str = _flag("project_to"),
+        utilization: float = _flag("utilization"),
+        max_p95_ms: float = _flag("max_p95_ms"),
+        min_cosine: float = _flag("min_cosine"),
+        max_sts_drop: float = _flag("max_sts_drop"),
+        max_ppl_increase_pct: float = _flag("max_ppl_increase_pct"),
+        sts: Path = _flag("sts"),
+        threads: int = _flag("threads", min=1),
+        device: str = _flag("device"),
+        rounds: int = _flag("rounds", min=1),
+        min_time_s: float = _flag("min_time_s"),
         out_dir: Path = typer.Option(Path("leaninfer-out/bench"), "--out", help="report folder"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     ):
         """Measure variants against FP32 (each in a fresh process): latency, throughput, memory, cost, roofline."""
-        import sys
-
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        from ..errors import LeaninferError
-        from .runner import BenchConfig, run_bench
-        from .suites import get_suite
-
         settings = get_suite(suite) if suite else {}
         given = {"model": model, "variants": _csv(variants), "batch_sizes": batch_sizes, "seq_lens": seq_lens,
                  "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "hardware": hardware,
@@ -87,16 +94,14 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def curves_cmd(
         report_dir: Path = typer.Argument(..., help="a bench --out folder"),
-        hardware: str = typer.Option(None, "--hardware", help="re-price the measured machine as this profile"),
-        usd_per_hour: float = typer.Option(None, "--usd-per-hour", min=0),
-        project_to: str = typer.Option(None, "--project-to", help="profiles to project to"),
-        profiles: Path = typer.Option(None, "--profiles", help="YAML file with more hardware profiles"),
-        utilization: float = typer.Option(None, "--utilization"),
-        max_p95_ms: float = typer.Option(None, "--max-p95-ms"),
+        hardware: str = _flag("hardware"),
+        usd_per_hour: float = _flag("usd_per_hour", min=0),
+        project_to: str = _flag("project_to"),
+        profiles: Path = _flag("profiles_yaml", "--profiles"),
+        utilization: float = _flag("utilization"),
+        max_p95_ms: float = _flag("max_p95_ms"),
     ):
         """Redraw the cost curves (and projections, advice) of a bench report with other prices or hardware."""
-        from .runner import recompute
-
         report = recompute(report_dir, hardware=hardware, usd_per_hour=usd_per_hour, project_to=_csv(project_to),
                            profiles_yaml=str(profiles) if profiles else None, utilization=utilization,
                            max_p95_ms=max_p95_ms)
@@ -111,14 +116,12 @@ def register(app: typer.Typer, user_errors) -> None:
         requests_per_day: float = typer.Option(..., "--requests-per-day", min=0),
         input_tokens: float = typer.Option(..., "--input-tokens", min=0, help="input tokens per request"),
         output_tokens: float = typer.Option(0, "--output-tokens", min=0, help="output tokens per request"),
-        max_utilization: float = typer.Option(0.7, "--max-utilization", help="keep each machine at most this busy"),
+        max_utilization: float = typer.Option(DEFAULT_MAX_UTILIZATION, "--max-utilization",
+                                              help="keep each machine at most this busy"),
         max_p95_ms: float = typer.Option(None, "--max-p95-ms"),
         as_json: bool = typer.Option(False, "--json"),
     ):
         """Monthly cost of a traffic profile for every (variant, hardware) option of a bench report."""
-        from .forecast import forecast
-        from .report import load_report
-
         rows = forecast(load_report(report_dir), requests_per_day, input_tokens, output_tokens,
                         max_utilization=max_utilization, max_p95_ms=max_p95_ms)
         if as_json:
@@ -136,8 +139,6 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def hardware_cmd(profiles: Path = typer.Option(None, "--profiles", help="YAML file with more profiles")):
         """List the hardware profiles (prices with date and source) and this machine."""
-        from ..hardware import detect_local, load_profiles
-
         t = Table(title="hardware profiles (on-demand prices; check before you buy)")
         for col in ("name", "kind", "$/hour", "price date", "GB", "GB/s", "TFLOP/s fp32/16/int8", "description"):
             t.add_column(col)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from ..cost import Traffic, usd_per_month
 from ..errors import LeaninferError
-from .report import options
+from .advice import options
+
+DEFAULT_MAX_UTILIZATION = 0.7  # headroom for bursts: a machine planned at 100% busy queues every spike
 
 
 def forecast(report: dict, requests_per_day: float, input_tokens: float, output_tokens: float = 0.0, *,
-             max_utilization: float = 0.7, max_p95_ms: float | None = None) -> list[dict]:
+             max_utilization: float = DEFAULT_MAX_UTILIZATION, max_p95_ms: float | None = None) -> list[dict]:
     """One row per (variant, hardware): the batch size giving the lowest monthly bill, cheapest first.
 
     Throughputs are the report's (measured or labelled projected) at each batch size; a generation report
@@ -17,15 +19,15 @@ def forecast(report: dict, requests_per_day: float, input_tokens: float, output_
     traffic = Traffic(requests_per_day, input_tokens, output_tokens)
     best: dict[tuple, dict] = {}
     for o in options(report):
-        if max_p95_ms is not None and (o["p95_ms"] is None or o["p95_ms"] > max_p95_ms):
+        if max_p95_ms is not None and (o.p95_ms is None or o.p95_ms > max_p95_ms):
             continue
-        if o["kind"] == "embedding" and output_tokens:
+        if o.kind == "embedding" and output_tokens:
             raise LeaninferError("this is an embedding report: --output-tokens must be 0")
-        m = usd_per_month(o["usd_per_hour"], traffic, o["input_tokens_per_s"], o.get("output_tokens_per_s"),
+        m = usd_per_month(o.usd_per_hour, traffic, o.input_tokens_per_s, o.output_tokens_per_s,
                           max_utilization=max_utilization)
-        row = {"variant": o["variant"], "hardware": o["hardware"], "label": o["label"], "batch_size": o["batch_size"],
-               "usd_per_hour": o["usd_per_hour"], **m.to_dict()}
-        key = (o["variant"], o["hardware"])
+        row = {"variant": o.variant, "hardware": o.hardware, "label": o.label, "batch_size": o.batch_size,
+               "usd_per_hour": o.usd_per_hour, **m.to_dict()}
+        key = (o.variant, o.hardware)
         if key not in best or (row["usd_per_month"], row["usd_per_month_busy_only"]) < (
                 best[key]["usd_per_month"], best[key]["usd_per_month_busy_only"]):
             best[key] = row

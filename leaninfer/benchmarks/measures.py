@@ -1,4 +1,4 @@
-"""Measures built from raw samples: latency statistics, memory, the local memory-bandwidth test, rooflines.
+"""Measures built from raw samples: memory, the local memory-bandwidth test, peak compute, rooflines.
 
 Every figure keeps the samples it came from (the report's JSON has them), so a reader can recompute it.
 """
@@ -7,51 +7,16 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
-
-def percentile(samples, q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
-    return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Latency statistics in milliseconds from raw samples (seconds)."""
-
-    n: int
-    p50_ms: float
-    p95_ms: float
-    mean_ms: float
-    min_ms: float
-    max_ms: float
-
-    @classmethod
-    def from_samples(cls, samples_s) -> Latency:
-        """>>> Latency.from_samples([0.001, 0.002, 0.003]).p50_ms
-        2.0
-        """
-        s = [float(x) * 1000.0 for x in samples_s]
-        if not s:
-            raise ValueError("no samples")
-        return cls(n=len(s), p50_ms=statistics.median(s), p95_ms=percentile(s, 95), mean_ms=statistics.fmean(s),
-                   min_ms=min(s), max_ms=max(s))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+import psutil
 
 # --------------------------------------------------------------------------------------------------------
 # Memory
 
 
 def rss_bytes() -> int:
-    import psutil
-
     return int(psutil.Process().memory_info().rss)
 
 
@@ -152,8 +117,6 @@ def measure_bandwidth(buffer_bytes: int = 512 * 2**20, repeats: int = 7, threads
 
 def cpu_mhz() -> float | None:
     try:
-        import psutil
-
         f = psutil.cpu_freq()
         if f and (f.max or f.current):
             return float(f.max or f.current)

@@ -9,18 +9,16 @@ import math
 from pathlib import Path
 
 from ..cost import usd_per_1k_tokens
+from .advice import options
 
 
 def curve_series(report: dict) -> list[dict]:
     """One series per (variant, hardware): batch sizes and $/1K tokens, labelled measured or projected."""
-    from .report import options
-
     series: dict[tuple, dict] = {}
     for o in options(report):
-        key = (o["variant"], o["hardware"], o["label"])
-        s = series.setdefault(key, {"variant": o["variant"], "hardware": o["hardware"], "label": o["label"],
-                                    "kind": o["kind"], "points": []})
-        s["points"].append((o["batch_size"], o["usd_per_1k_tokens"], o["tokens_per_s"], o["usd_per_hour"]))
+        s = series.setdefault((o.variant, o.hardware, o.label), {"variant": o.variant, "hardware": o.hardware,
+                                                                 "label": o.label, "kind": o.kind, "points": []})
+        s["points"].append((o.batch_size, o.usd_per_1k_tokens, o.tokens_per_s, o.usd_per_hour))
     for s in series.values():
         s["points"].sort()
     return list(series.values())

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from ..errors import LeaninferError
+from ..hardware import detect_local, get_profile
 from ..pipeline import parse_steps
+from .report import build_report, load_report, write_report
 
 BASELINE = "fp32"
 
@@ -97,64 +104,93 @@ def _int_list(name: str, value) -> list[int]:
     return out
 
 
-@dataclass
-class BenchConfig:
-    """Everything a run needs; CLI flags are these field names."""
+def check_profiles(hardware: str, profiles_yaml: str | None, usd_per_hour: float | None, project_to) -> None:
+    """Fail on a bad profile name before any work (a run, or a re-pricing of one)."""
+    get_profile(hardware, profiles_yaml, usd_per_hour)
+    for name in project_to or []:
+        get_profile(name, profiles_yaml)
 
-    model: str = "minilm"
-    variants: list = field(default_factory=lambda: [BASELINE])
-    batch_sizes: list = field(default_factory=lambda: [1, 8, 32])
-    seq_lens: list = field(default_factory=lambda: [128])
-    prompt_tokens: int = 64
-    gen_tokens: int = 32
-    gen_repeats: int = 3
-    warmup: int = 2
-    min_repeats: int = 5
-    max_repeats: int = 200
-    min_time_s: float = 1.0
-    threads: int | None = None
-    device: str = "cpu"
-    hardware: str = "local"
-    usd_per_hour: float | None = None
-    profiles_yaml: str | None = None
-    project_to: list = field(default_factory=list)
-    utilization: float = 1.0
-    max_p95_ms: float | None = None
-    min_cosine: float | None = None
-    max_sts_drop: float | None = None
-    max_ppl_increase_pct: float | None = None
-    sts: str | None = None
-    rounds: int = 1
-    timeout_s: float = 900.0
-    suite: str | None = None
 
-    def __post_init__(self):
-        self.batch_sizes = _int_list("batch_sizes", self.batch_sizes)
-        self.seq_lens = _int_list("seq_lens", self.seq_lens)
-        for f in ("prompt_tokens", "gen_tokens", "gen_repeats", "min_repeats", "max_repeats", "rounds"):
-            if int(getattr(self, f)) < 1:
-                raise LeaninferError(f"{f} must be >= 1, got {getattr(self, f)!r}")
-        if self.warmup < 0:
-            raise LeaninferError(f"warmup must be >= 0, got {self.warmup!r}")
-        if not 0 < self.utilization <= 1:
-            raise LeaninferError(f"utilization must be in (0, 1], got {self.utilization!r}")
-        if isinstance(self.variants, str):
-            self.variants = [v for v in self.variants.split(",") if v.strip()]
-        if isinstance(self.project_to, str):
-            self.project_to = [v.strip() for v in self.project_to.split(",") if v.strip()]
-        if self.threads is None:
-            from ..hardware import detect_local
+class BenchConfig(BaseModel):
+    """Everything a run needs; CLI flags are these field names (``--batch-sizes``; ``--profiles`` for profiles_yaml).
 
-            self.threads = detect_local().physical_cores
-        # Fail on a bad profile name before any work.
-        from ..hardware import get_profile
+    Example:
+        >>> BenchConfig(model="random:tiny-bert", batch_sizes="1,8", threads=2).batch_sizes
+        [1, 8]
+    """
 
-        get_profile(self.hardware, self.profiles_yaml, self.usd_per_hour)
-        for name in self.project_to:
-            get_profile(name, self.profiles_yaml)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("minilm", description="model reference (default minilm): a Hugging Face id, a local "
+                                             "folder or random:<preset>")
+    variants: list[str] = Field(default_factory=lambda: [BASELINE],
+                                description="comma-separated: fp32, steps (int8, onnx+ort-int8, "
+                                            "int8:method=torch-dynamic), name=steps, or artifact dirs; "
+                                            "fp32 is always added")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32], description="batch sizes, e.g. 1,8,32")
+    seq_lens: list[int] = Field(default_factory=lambda: [128], description="embeddings: tokens per sequence, e.g. 128")
+    prompt_tokens: int = Field(64, ge=1, description="generation: prompt length")
+    gen_tokens: int = Field(32, ge=1, description="generation: new tokens per sequence")
+    gen_repeats: int = Field(3, ge=1, description="generation: timed passes per batch size, after one warm-up")
+    warmup: int = Field(2, ge=0, description="untimed calls before each configuration is measured")
+    min_repeats: int = Field(5, ge=1, description="timed calls per configuration, at least")
+    max_repeats: int = Field(200, ge=1, description="timed calls per configuration, at most")
+    min_time_s: float = Field(1.0, description="measure each configuration at least this long")
+    threads: int | None = Field(None, ge=1, validate_default=True,
+                                description="threads for every variant (default: the physical cores)")
+    device: str = Field("cpu", description="cpu or cuda")
+    hardware: str = Field("local", description="price the measured machine as this profile (default: local, "
+                                               "unpriced)")
+    usd_per_hour: float | None = Field(None, ge=0, description="price of the measured machine, $/hour")
+    profiles_yaml: str | None = Field(None, description="YAML file with more hardware profiles")
+    project_to: list[str] = Field(default_factory=list, description="profiles to project to (roofline scaling)")
+    utilization: float = Field(1.0, gt=0, le=1, description="fraction of the paid hour the hardware is busy")
+    max_p95_ms: float | None = Field(None, description="latency objective for the advice")
+    # The floors carry quality.Floors' bounds, so the advice's Floors of a validated config always builds.
+    min_cosine: float | None = Field(None, gt=0, le=1, description="quality floor (embeddings) for the advice")
+    max_sts_drop: float | None = Field(None, ge=0, description="quality floor: STS points (needs --sts)")
+    max_ppl_increase_pct: float | None = Field(None, ge=0, description="quality floor (LMs)")
+    sts: str | None = Field(None, description="STS CSV for the variants' quality check")
+    rounds: int = Field(1, ge=1, description="measure every variant this many times, interleaved")
+    timeout_s: float = Field(900.0, description="give up on a build or measuring process after this long")
+    suite: str | None = Field(None, description="the suite the settings came from (recorded in the report)")
+
+    def __init__(self, **data):
+        # A user's bad value is a LeaninferError naming the field, like every other user error.
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise LeaninferError("bench config: " + "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}, got {err.get('input')!r}"
+                for err in e.errors())) from None
+
+    @field_validator("batch_sizes", "seq_lens", mode="before")
+    @classmethod
+    def _int_lists(cls, value, info):
+        return _int_list(info.field_name, value)
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variant_list(cls, value):
+        return [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("project_to", mode="before")
+    @classmethod
+    def _profile_list(cls, value):
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value):
+        return detect_local().physical_cores if value is None else value
+
+    @model_validator(mode="after")
+    def _profiles_exist(self):
+        check_profiles(self.hardware, self.profiles_yaml, self.usd_per_hour, self.project_to)
+        return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 def _spawn(kind: str, job: dict, result_path: Path, timeout_s: float) -> dict:
@@ -163,9 +199,6 @@ def _spawn(kind: str, job: dict, result_path: Path, timeout_s: float) -> dict:
     A subprocess rather than multiprocessing's spawn: nothing of the caller's __main__ (a script, a
     notebook) is re-imported in the child, and a crash or a timeout is contained.
     """
-    import os
-    import subprocess
-
     job_path = result_path.parent / "jobs" / result_path.name
     job_path.parent.mkdir(exist_ok=True)
     job_path.write_text(json.dumps(job))
@@ -191,8 +224,6 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
         >>> report = run_bench(cfg, "bench-out")  # doctest: +SKIP
         >>> report["variants"][1]["results"][0]["ratio_to_fp32"]["tokens_per_s"]  # doctest: +SKIP
     """
-    from .report import build_report, write_report
-
     out = Path(out_dir).resolve()
     raw_dir = out / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -264,15 +295,11 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
 
 
 def _slug(name: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "variant"
 
 
 def state_from_dir(out_dir: str | Path) -> dict:
     """Re-read a run's raw child results (for `curves`: re-price and re-project without measuring again)."""
-    from .report import load_report
-
     out = Path(out_dir)
     report = load_report(out)
     raw = out / "raw"
@@ -292,13 +319,8 @@ def state_from_dir(out_dir: str | Path) -> dict:
 
 def recompute(out_dir: str | Path, **config_overrides) -> dict:
     """Rebuild a report from its raw results with new pricing/projection settings; rewrites the report files."""
-    from ..hardware import get_profile
-    from .report import build_report, write_report
-
     state = state_from_dir(out_dir)
     cfg = state["meta"]["config"]
     cfg.update({k: v for k, v in config_overrides.items() if v is not None})
-    get_profile(cfg["hardware"], cfg.get("profiles_yaml"), cfg.get("usd_per_hour"))
-    for name in cfg.get("project_to") or []:
-        get_profile(name, cfg.get("profiles_yaml"))
+    check_profiles(cfg["hardware"], cfg.get("profiles_yaml"), cfg.get("usd_per_hour"), cfg.get("project_to"))
     return write_report(build_report(state), out_dir)

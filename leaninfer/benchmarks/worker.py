@@ -18,11 +18,12 @@ import numpy as np
 from ..artifacts import library_versions
 from ..data import default_texts
 from ..hardware import detect_local
+from ..latency import Latency
 from ..logs import quiet_libraries
 from ..models import load
 from ..pipeline import optimize
 from ..serving.core import GenerationScheduler, GenSequence, SamplingParams
-from .measures import Latency, dir_bytes, hwm_bytes, measure_bandwidth, model_shape, reset_peak_rss, rss_bytes
+from .measures import dir_bytes, hwm_bytes, measure_bandwidth, model_shape, reset_peak_rss, rss_bytes
 
 
 def _set_threads(threads: int) -> None:

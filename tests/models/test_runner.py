@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from leaninfer.models import RecomputeRunner
 
+from leaninfer.models import RecomputeRunner
 from leaninfer.serving.core import GenerationScheduler, GenSequence, SamplingParams
 
 PROMPTS = ["hello there", "a much longer prompt with many words in it to pad the batch", "x",

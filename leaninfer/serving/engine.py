@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..cost import usd_for_busy_seconds
 from ..models.runner import pad_left_or_right
@@ -31,18 +32,18 @@ from .metrics import ServerMetrics
 from .protocol import OpenAIError
 
 
-@dataclass
-class BatchingConfig:
+class BatchingConfig(BaseModel):
     """How requests are batched (CLI flags of ``leaninfer serve`` carry the same names)."""
 
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_batch_tokens: int = 16384
-    max_queue: int = 256
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self):
-        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
-            raise ValueError("max_batch_size, max_batch_tokens and max_queue must be >= 1, max_wait_ms >= 0")
+    max_batch_size: int = Field(32, ge=1, description="most sequences in one model call (embeddings) or one "
+                                                      "running batch (generation)")
+    max_wait_ms: float = Field(5.0, ge=0, description="embeddings: how long a batch may wait to fill up")
+    max_batch_tokens: int = Field(16384, ge=1, description="most padded tokens in one embeddings call; "
+                                                          "generation: prompt plus max_tokens of a running batch")
+    max_queue: int = Field(256, ge=1, description="requests waiting per model beyond this get a 503 with "
+                                                  "Retry-After")
 
 
 @dataclass

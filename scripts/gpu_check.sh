@@ -11,7 +11,7 @@ if [ -d .whl ]; then
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } | tee "$OUT/gpu.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py tests/optimize/test_steps.py -k cuda 2>&1 | tail -25 | tee "$OUT/pytest_cuda.log"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py tests/steps/test_steps.py tests/models -k "cuda or CUDA" 2>&1 | tail -25 | tee "$OUT/pytest_cuda.log"
 timeout 130 python3 -m leaninfer.cli bench --model random:bert-base --variants fp32,fp16,bf16 --device cuda \
   --batch-sizes 32,128 --seq-lens 128 --hardware h100-sxm --out /tmp/bench-embed 2>&1 | tail -30 | tee "$OUT/bench_embed.log"
 timeout 200 python3 -m leaninfer.cli bench --suite gpu --out /tmp/bench-gpu 2>&1 | tail -40 | tee "$OUT/bench_gen.log"

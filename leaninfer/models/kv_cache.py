@@ -18,9 +18,9 @@ def _growing_layer_class():
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
-        def fill(self, keys, values, spare: int = SPARE_COLUMNS) -> None:
+        def fill(self, keys, values) -> None:
             self.lazy_initialization(keys, values)
-            self._reserve(keys, values, keys.shape[-2] + spare)
+            self._reserve(keys, values, keys.shape[-2] + SPARE_COLUMNS)
             self._k[..., : keys.shape[-2], :].copy_(keys)
             self._v[..., : values.shape[-2], :].copy_(values)
             self._set_views(keys.shape[-2])

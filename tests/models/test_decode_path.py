@@ -9,7 +9,7 @@ import pytest
 
 import leaninfer
 from leaninfer.benchmarks import worker
-from leaninfer.models import RecomputeRunner, greedy_generate
+from leaninfer.models import RecomputeRunner, greedy_generate, kv_cache
 
 from ..serving.conftest import app_client
 
@@ -96,3 +96,14 @@ def test_recompute_runner_gives_the_kv_runner_tokens(tiny_llama):
     prompts = [tiny_llama.tokenizer(p)["input_ids"] for p in ["one two three", "four", "five six seven eight"]]
     kv = tiny_llama.generate(prompts, max_new_tokens=6)
     assert greedy_generate(RecomputeRunner(tiny_llama), prompts, 6, tiny_llama.eos_token_id) == kv
+
+
+def test_the_in_place_kv_cache_grows_without_changing_a_token(tiny_llama, monkeypatch):
+    """Two spare columns: the buffers double several times while 12 tokens are decoded, rows join and leave."""
+    prompts = ["one two three", "four", "five six seven eight nine ten"]
+    before = tiny_llama.generate(prompts, max_new_tokens=12)
+    assert [len(t) for t in before] == [12, 12, 12]  # no early EOS: every step really decodes
+    monkeypatch.setattr(kv_cache, "SPARE_COLUMNS", 2)
+    assert tiny_llama.generate(prompts, max_new_tokens=12) == before
+    assert greedy_generate(RecomputeRunner(tiny_llama), [tiny_llama.tokenizer(p)["input_ids"] for p in prompts],
+                           12, tiny_llama.eos_token_id) == before

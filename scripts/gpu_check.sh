@@ -15,6 +15,7 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py tests
 timeout 130 python3 -m leaninfer.cli bench --model random:bert-base --variants fp32,fp16,bf16 --device cuda \
   --batch-sizes 32,128 --seq-lens 128 --hardware h100-sxm --out /tmp/bench-embed 2>&1 | tail -30 | tee "$OUT/bench_embed.log"
 timeout 200 python3 -m leaninfer.cli bench --suite gpu --out /tmp/bench-gpu 2>&1 | tail -40 | tee "$OUT/bench_gen.log"
+timeout 240 python3 scripts/gpu_decode.py "$OUT" 2>&1 | tail -20 | tee "$OUT/gpu_decode.log"
 for d in bench-embed bench-gpu; do
   for f in /tmp/$d/*.md /tmp/$d/*.json; do [ -f "$f" ] && cp "$f" "$OUT/${d}_$(basename "$f")"; done
 done

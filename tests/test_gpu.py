@@ -22,6 +22,16 @@ def test_greedy_generation_on_cuda_matches_cpu():
     assert cpu.generate(["a prompt"], max_new_tokens=8) == gpu.generate(["a prompt"], max_new_tokens=8)
 
 
+@pytest.mark.parametrize("decode", ["static", "cuda-graphs"])
+def test_static_and_cuda_graph_decode_give_the_dynamic_tokens_on_cuda(decode):
+    from leaninfer.models import greedy_generate
+
+    m = leaninfer.load("random:tiny-llama", device="cuda")
+    prompts = [m.tokenizer(p)["input_ids"] for p in ["a prompt", "a longer prompt with more words", "x"]]
+    ref = greedy_generate(m.runner("dynamic"), prompts, 20, None)
+    assert greedy_generate(m.runner(decode), prompts, 20, None) == ref
+
+
 @pytest.mark.parametrize("step", ["fp16", "bf16"])
 def test_half_precision_on_cuda_keeps_greedy_tokens_close(tmp_path, step):
     src = leaninfer.load("random:tiny-llama", device="cuda")

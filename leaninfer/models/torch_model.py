@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnknownModelError
+from ..errors import LeaninferError, UnknownModelError
 from .base import Model
 from .formats import register_format, register_handle
 from .presets import RandomPreset, bundled_tokenizer, known_references, prepare_tokenizer
+from .static_runner import StaticKVRunner
 from .structure_map import apply_structure_map, structure_map
 from .torch_modules import (
     auto_class,
@@ -27,6 +29,7 @@ from .torch_modules import (
 from .torch_runner import KVCacheRunner
 
 STATE_FILE = "model_state.pt"
+DECODE_MODES = ("dynamic", "static", "cuda-graphs")
 
 
 @register_handle("module")
@@ -70,9 +73,19 @@ class TorchModel(Model):
         with torch.inference_mode():
             return self.module(**self._inputs(enc)).logits.float().cpu().numpy()
 
-    def runner(self) -> KVCacheRunner:
+    def runner(self, decode: str | None = None) -> KVCacheRunner:
+        """The KV-cache runner. ``decode`` (default: ``$LEANINFER_DECODE``, else ``dynamic``): ``dynamic`` (a
+        cache that grows in place; the fastest on CPUs), ``static`` (static shapes) or ``cuda-graphs`` (static
+        shapes replayed as CUDA graphs; CUDA only)."""
         self._require("causal-lm")
-        return KVCacheRunner(self)
+        decode = decode or os.environ.get("LEANINFER_DECODE") or "dynamic"
+        if decode not in DECODE_MODES:
+            raise LeaninferError(f"unknown decode mode {decode!r}; valid: {', '.join(DECODE_MODES)}")
+        if decode == "dynamic":
+            return KVCacheRunner(self)
+        if decode == "cuda-graphs" and not str(self.device).startswith("cuda"):
+            raise LeaninferError(f"decode mode 'cuda-graphs' needs a CUDA device; this model is on {self.device!r}")
+        return StaticKVRunner(self, cuda_graphs=decode == "cuda-graphs")
 
     def copy(self, **changes) -> TorchModel:
         """A handle on a deep copy of the module, with ``changes`` to its fields (steps transform copies;

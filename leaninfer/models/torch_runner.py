@@ -33,16 +33,27 @@ class KVCacheRunner:
         self.pad = torch.zeros(0, dtype=torch.long)  # left padding per row
         self.length = torch.zeros(0, dtype=torch.long)  # real tokens per row (incl. generated ones fed)
         self.cache = None  # DynamicCache, width == pad + length for every row
+        self.width = 0  # columns held in the cache
 
-    # -- helpers ------------------------------------------------------------------------------------------
+    # -- the cache: what a subclass with another cache layout overrides -------------------------------------
     def _kv(self, cache) -> list[tuple]:
+        """[(keys, values)] per layer, [rows, heads, width, dim], of a prefill's cache."""
         return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _current_kv(self) -> list[tuple]:
+        return self._kv(self.cache)
 
     def _set_kv(self, kv: list[tuple]) -> None:
         self.cache = growing_cache(kv) if kv else None
+        self.width = int(kv[0][0].shape[-2]) if kv else 0
 
-    def _width(self) -> int:
-        return 0 if self.cache is None else int(self.cache.layers[0].keys.shape[-2])
+    def _decode_mask(self):
+        """Attention mask of a decode step: each row's padding columns hidden, the new column visible."""
+        return (self.torch.arange(self.width + 1)[None, :] >= self.pad[:, None]).long().to(self.device)
+
+    def _decode_forward(self, ids, mask, pos):
+        logits, self.cache = self._forward(ids, mask, pos, self.cache)
+        return logits
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
         with self.torch.inference_mode():
@@ -65,7 +76,7 @@ class KVCacheRunner:
         if self.cache is None:
             kv, pad, length = new_kv, new_pad, new_len
         else:
-            old_kv, w_old, w_new = self._kv(self.cache), self._width(), ids.shape[1]
+            old_kv, w_old, w_new = self._current_kv(), self.width, ids.shape[1]
             w = max(w_old, w_new)
             kv = [(torch.cat([_lpad(ko, w), _lpad(kn, w)]), torch.cat([_lpad(vo, w), _lpad(vn, w)]))
                   for (ko, vo), (kn, vn) in zip(old_kv, new_kv, strict=True)]
@@ -87,12 +98,11 @@ class KVCacheRunner:
                 tok[r] = t
             logits = self.decode(self.ids, tok)
             return logits[rows]
-        w = self._width()
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        mask = (torch.arange(w + 1)[None, :] >= self.pad[:, None]).long().to(self.device)
         pos = self.length[:, None].to(self.device)
-        logits, self.cache = self._forward(ids, mask, pos, self.cache)
+        logits = self._decode_forward(ids, self._decode_mask(), pos)
         self.length = self.length + 1
+        self.width += 1
         return logits.cpu().numpy()
 
     def release(self, seq_ids):
@@ -102,26 +112,16 @@ class KVCacheRunner:
         if len(keep) == len(self.ids):
             return
         if not keep:
-            self.ids, self.cache = [], None
+            self.ids, self.cache, self.width = [], None, 0
             self.pad = self.length = torch.zeros(0, dtype=torch.long)
             return
         idx = torch.tensor(keep, dtype=torch.long)
         pad = self.pad[idx]
         trim = int(pad.min())
-        kv = [(k[idx.to(k.device), :, trim:], v[idx.to(v.device), :, trim:]) for k, v in self._kv(self.cache)]
+        kv = [(k[idx.to(k.device), :, trim:], v[idx.to(v.device), :, trim:]) for k, v in self._current_kv()]
         self.ids = [self.ids[i] for i in keep]
         self.pad, self.length = pad - trim, self.length[idx]
         self._set_kv(kv)
-
-
-def _lpad(t, width: int):
-    """Left-pad a [B, H, L, D] cache tensor with zeros to ``width`` columns (masked out anyway)."""
-    import torch
-
-    extra = width - t.shape[-2]
-    if extra <= 0:
-        return t
-    return torch.cat([t.new_zeros(*t.shape[:-2], extra, t.shape[-1]), t], dim=-2)
 
 
 def _lpad(t, width: int):

@@ -107,3 +107,33 @@ def test_the_in_place_kv_cache_grows_without_changing_a_token(tiny_llama, monkey
     assert tiny_llama.generate(prompts, max_new_tokens=12) == before
     assert greedy_generate(RecomputeRunner(tiny_llama), [tiny_llama.tokenizer(p)["input_ids"] for p in prompts],
                            12, tiny_llama.eos_token_id) == before
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+def test_static_shape_runner_gives_the_dynamic_runner_tokens(request, fixture, monkeypatch):
+    """The CUDA-graph path's cache layout, checked on the CPU: staggered joins and leaves, and a capacity
+    regrowth mid-decode (capacity step shrunk to 8)."""
+    from leaninfer.models import static_runner
+    from leaninfer.serving.core import GenerationScheduler, GenSequence, SamplingParams
+
+    m = request.getfixturevalue(fixture)
+    monkeypatch.setattr(static_runner, "CAPACITY_STEP", 8)
+    prompts = [m.tokenizer(p)["input_ids"] for p in ["hello there", "a much longer prompt with many words", "x"]]
+
+    def run(decode):
+        s = GenerationScheduler(m.runner(decode), max_batch_size=2, eos_token_id=None)
+        seqs = [s.submit(GenSequence(prompt=p, params=SamplingParams(max_tokens=14 - 3 * i, temperature=0),
+                                     on_event=lambda q, e: None)) for i, p in enumerate(prompts)]
+        while s.has_work():
+            s.step()
+        return [q.output for q in seqs]
+
+    assert isinstance(m.runner("static"), static_runner.StaticKVRunner)
+    assert run("static") == run("dynamic")
+
+
+def test_decode_modes_are_validated(tiny_gpt2):
+    with pytest.raises(leaninfer.LeaninferError, match="unknown decode mode 'fast'; valid: dynamic, static"):
+        tiny_gpt2.runner("fast")
+    with pytest.raises(leaninfer.LeaninferError, match="'cuda-graphs' needs a CUDA device"):
+        tiny_gpt2.runner("cuda-graphs")

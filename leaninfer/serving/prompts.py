@@ -1,7 +1,8 @@
 """Request inputs -> token ids, checked against the served model (vocabulary, context length, one prompt).
 
-Tokenizing happens here, on the event loop, so the engine thread only pads, runs and samples. Every refusal
-is a 400 naming the parameter.
+The routes call these on the event loop for small requests and in a worker thread for big ones (see
+``routes.off_loop_if``), so the engine thread only pads, runs and samples. Every refusal is a 400 naming
+the parameter.
 """
 
 from __future__ import annotations
@@ -13,17 +14,24 @@ MAX_EMBED_INPUTS = 2048
 
 
 def _vocab_size(s: ServedModel) -> int:
-    # The config may count more ids than the tokenizer (padded embedding tables); both ranges are valid input.
-    return max(len(s.model.tokenizer), getattr(s.model.config, "vocab_size", 0) or 0)
+    # The smaller of the two: an id past the model's embedding table fails in the model (a 500 for the whole
+    # batch), and one past the tokenizer (a padded embedding table) can't be turned into text or echoed.
+    model_vocab = getattr(s.model.config, "vocab_size", None) or len(s.model.tokenizer)
+    return min(len(s.model.tokenizer), model_vocab)
 
 
 def check_ids(s: ServedModel, ids: list[int], param: str) -> list[int]:
     vocab = _vocab_size(s)
     bad = next((t for t in ids if not 0 <= t < vocab), None)
     if bad is not None:
-        raise OpenAIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param=param,
+        raise OpenAIError(400, f"{param}: token id {bad} is outside the vocabulary [0, {vocab})", param=param,
                           code="invalid_value")
     return list(ids)
+
+
+def logit_bias(s: ServedModel, bias: dict[int, float] | None) -> dict[int, float]:
+    """``logit_bias`` with every token id checked against the vocabulary (the sampler indexes logits by it)."""
+    return dict(zip(check_ids(s, list(bias or {}), "logit_bias"), (bias or {}).values(), strict=True))
 
 
 def embed_tokens(s: ServedModel, inp: str | list) -> list[list[int]]:
@@ -62,6 +70,13 @@ def completion_prompt(s: ServedModel, prompt: str | list) -> list[int]:
         bos = s.model.tokenizer.bos_token_id
         ids = [bos if bos is not None else (s.model.eos_token_id or 0)]
     return list(ids)
+
+
+def echo_text(s: ServedModel, prompt: str | list, ids: list[int]) -> str:
+    """What ``echo`` puts ahead of a completion: the prompt string as sent, or its token ids decoded."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else s.model.tokenizer.decode(ids)
 
 
 def chat_prompt(s: ServedModel, messages: list[ChatMessage]) -> list[int]:

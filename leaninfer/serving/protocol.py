@@ -1,16 +1,25 @@
 """OpenAI-compatible request schemas and error bodies (the subset leaninfer serves, validated strictly).
 
-Unknown fields are accepted and ignored (clients send many); values we cannot honour (``n > 1``, logprobs)
-are refused with a 400 naming the field, never silently dropped.
+Unknown fields are accepted and ignored (clients send many); OpenAI fields whose values we cannot honour
+(``n > 1``, logprobs, tools, a JSON ``response_format``...) are refused with a 400 naming the field, never
+silently dropped. Every range is checked here, so nothing a client sends reaches the sampler or the model
+outside what they can compute (docs/serving.md lists what is served).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import core_schema
 
 MAX_STOP = 4
+# No model has a context near this; bounding it keeps the arithmetic of admission in machine integers.
+MAX_TOKENS = 2**31 - 1
+MAX_LOGIT_BIAS = 1024
+SEED_MIN, SEED_END = -(2**63), 2**64  # what numpy's generators take, once wrapped into 64 bits
+TOKEN_KEY = "^[0-9]{1,9}$"  # a token id as a JSON object key
 
 
 class OpenAIError(Exception):
@@ -26,18 +35,92 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response, 4xx and 5xx: :meth:`OpenAIError.body` (published in the OpenAPI)."""
+
+    error: ErrorDetail
+
+
+def parse_json(body: bytes) -> dict:
+    """A request body as a JSON object, or a 400. NaN/Infinity literals are refused (not JSON), and so is
+    nesting deeper than the parser's recursion limit (about 1000): it raises RecursionError, which is cheap,
+    since it stops at that depth, and would otherwise surface as a 500."""
+    try:
+        data = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise OpenAIError(400, "request body is nested too deeply", code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OpenAIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _check_unicode(v):
+    """Strings (alone or in a list) must be encodable: a lone UTF-16 surrogate (``"\\ud800"`` in JSON) would
+    break the tokenizer, or the JSON encoder when a message echoes it."""
+    for s in [v] if isinstance(v, str) else v if isinstance(v, list) else ():
+        if isinstance(s, str):
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"contains a lone UTF-16 surrogate ({s[e.start]!r} at position {e.start}); "
+                                 f"strings must be valid Unicode") from None
+    return v
+
+
+def _token_keys(bias: dict[str, float] | None) -> dict[int, float]:
+    return {int(k): b for k, b in (bias or {}).items()}
+
+
+class _served_only:
+    """An OpenAI field leaninfer does not implement: its neutral values pass, any other is a 400 naming it.
+    The published schema lists only the neutral values, so a schema-driven client sends what is served."""
+
+    def __init__(self, *served, what: str):
+        self.served, self.what = served, what
+
+    def _check(self, v):
+        if v not in self.served:
+            raise ValueError(f"not served by leaninfer: {self.what}")
+        return v
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema, handler):
+        return {"enum": list(self.served), "description": f"only these values: leaninfer serves no {self.what}"}
+
+
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: a value is the JSON type the schema says ("seed": false or "max_tokens": "5" are refused, as
+    # a schema-driven client expects). allow_inf_nan: a NaN would pass no range check honestly.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     model: str = Field(..., min_length=1, max_length=512)
     user: str | None = None
 
+    _unicode_names = field_validator("model", "user", mode="before")(_check_unicode)
+
 
 class EmbeddingRequest(_Req):
-    input: str | list[str] | list[int] | list[list[int]] = Field(
+    input: str | list[str] | list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]] = Field(
         ..., description="a string, a list of strings, or token ids (a list of ints or a list of such lists)")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
+
+    _unicode_input = field_validator("input", mode="before")(_check_unicode)
 
     @field_validator("input")
     @classmethod
@@ -50,15 +133,26 @@ class EmbeddingRequest(_Req):
 
 
 class _GenReq(_Req):
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy; any tiny positive value is "
+                                                                "served too (it tends to greedy)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, lt=SEED_END, description="a 64-bit integer, signed or not")
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1, le=1, description="only n=1 is served")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from the logit of every "
+                                                                      "token generated so far")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from the logit of every "
+                                                                       "token, times its count so far")
+    logit_bias: Annotated[dict[Annotated[str, Field(pattern=TOKEN_KEY)], Annotated[float, Field(ge=-100.0, le=100.0)]]
+                          | None, AfterValidator(_token_keys)] = Field(
+        None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": TOKEN_KEY}},
+        description="token id (a decimal string) -> bias in [-100, 100] added to its logit")
     ignore_eos: bool = Field(False, description="leaninfer extension: keep generating past EOS (benchmarks)")
+
+    _unicode_stop = field_validator("stop", mode="before")(_check_unicode)
 
     @field_validator("stop")
     @classmethod
@@ -68,31 +162,32 @@ class _GenReq(_Req):
             raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(stops)}")
         return stops
 
-    @field_validator("seed")
-    @classmethod
-    def _seed(cls, v):
-        if v is not None and not (-(2**63) <= v < 2**64):
-            raise ValueError("seed must fit in 64 bits")
-        return v
-
 
 class CompletionRequest(_GenReq):
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: str | list[str] | list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]] = Field(
         ..., description="a string or token ids; lists of several prompts are refused (one prompt a request)")
-    echo: bool = False
-    logprobs: int | None = Field(None, le=0, description="not served: must be absent or 0")
+    echo: bool = Field(False, description="the prompt's text precedes the completion")
+    logprobs: Annotated[int | None, _served_only(None, 0, what="logprobs")] = None
+    best_of: Annotated[int | None, _served_only(None, 1, what="best_of > 1 (one candidate per request)")] = None
+    suffix: Annotated[str | None, _served_only(None, "", what="suffix (insertion)")] = None
+
+    _unicode_prompt = field_validator("prompt", mode="before")(_check_unicode)
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: Literal["text"]
     text: str
 
+    _unicode = field_validator("text", mode="before")(_check_unicode)
+
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
+
+    _unicode = field_validator("content", mode="before")(_check_unicode)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -102,15 +197,20 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_GenReq):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = Field(None, description="not served: must be absent or false")
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v:
-            raise ValueError("logprobs are not served")
-        return v
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    logprobs: Annotated[bool | None, _served_only(None, False, what="logprobs")] = None
+    top_logprobs: Annotated[int | None, _served_only(None, 0, what="logprobs")] = None
+    response_format: Annotated[dict[str, Any] | None, _served_only(
+        None, {"type": "text"}, what='structured output; only {"type": "text"} is served')] = None
+    tools: Annotated[list[Any] | None, _served_only(None, [], what="tool calls")] = None
+    tool_choice: Annotated[str | dict[str, Any] | None, _served_only(
+        None, "none", "auto", what="tool calls")] = None
+    functions: Annotated[list[Any] | None, _served_only(None, [], what="function calls")] = None
+    function_call: Annotated[str | dict[str, Any] | None, _served_only(
+        None, "none", "auto", what="function calls")] = None
+    modalities: Annotated[list[str] | None, _served_only(None, ["text"], what="output but text")] = None
+    audio: Annotated[dict[str, Any] | None, _served_only(None, what="audio output")] = None
+    prediction: Annotated[dict[str, Any] | None, _served_only(None, what="predicted outputs")] = None
 
 
 def validation_message(exc) -> tuple[str, str | None]:
@@ -118,9 +218,16 @@ def validation_message(exc) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return str(exc), None
-    e = errors[0]
-    loc = [str(p) for p in e.get("loc", ()) if not isinstance(p, int)]
+    # A union reports one error per member; the member whose type matched says what is actually wrong.
+    e = next((x for x in errors if not x.get("type", "").endswith("_type")), errors[0])
+    loc = [str(p) for p in e.get("loc", ()) if not isinstance(p, int) and not _union_tag(str(p))]
     param = ".".join(loc) or None
     msg = e.get("msg", "invalid value")
     extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return (f"invalid value for {param!r}: {msg}" if param else msg) + extra, param
+
+
+def _union_tag(part: str) -> bool:
+    # pydantic names the member of a union in the error's location: 'str', 'list[int]', 'constrained-int'...
+    return "[" in part or part.startswith("constrained-") or part in ("str", "int", "float", "bool", "TextPart")
+

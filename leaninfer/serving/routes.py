@@ -11,29 +11,46 @@ The endpoint functions carry no docstrings on purpose: FastAPI would publish the
 from __future__ import annotations
 
 import asyncio
-import json
+import copy
+import logging
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from .core import SamplingParams
-from .openai_format import SSE_DONE, CompletionFormat, completion_usage, embedding_list, model_card, sse
-from .prompts import chat_prompt, completion_prompt, embed_tokens
+from .disconnect import ReleasingStream, until_disconnect
+from .openai_format import (
+    SSE_DONE,
+    CompletionFormat,
+    completion_usage,
+    embedding_list,
+    json_bytes,
+    model_card,
+    sse,
+)
+from .prompts import chat_prompt, completion_prompt, echo_text, embed_tokens, logit_bias
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ErrorResponse,
     OpenAIError,
+    parse_json,
     validation_message,
 )
+from .request_size import check_size, messages_size, text_size
 from .state import ServedModel
 
 DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 router = APIRouter()
+_REF = "#/components/schemas/{model}"
+_ERROR = {"application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}}}
+log = logging.getLogger("leaninfer.serving")
 
 
 # -- reading a request ------------------------------------------------------------------------------------
@@ -45,12 +62,7 @@ async def read_body(request: Request, schema):
         body += chunk
         if len(body) > limit:
             raise OpenAIError(413, f"request body larger than {limit} bytes", code="request_too_large")
-    try:
-        data = json.loads(bytes(body))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OpenAIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")
+    data = parse_json(bytes(body))
     try:
         return schema.model_validate(data)
     except ValidationError as e:
@@ -74,15 +86,37 @@ def lookup(request: Request, name: str, task: str) -> ServedModel:
     return s
 
 
+# -- keeping the event loop free ---------------------------------------------------------------------------
+# Below these sizes tokenizing or encoding takes well under a millisecond, less than a hop to a worker thread
+# costs; above, it runs in asyncio's thread pool so that the loop keeps answering (/health included) while a
+# maximal request is tokenized and its answer written. The tokenizers and orjson release the GIL in C.
+OFFLOAD_CHARS = 4096
+OFFLOAD_FLOATS = 64 * 1024
+
+
+async def off_loop_if(big: bool, fn, *args):
+    """``fn(*args)``, in a worker thread when ``big``."""
+    return await asyncio.to_thread(fn, *args) if big else fn(*args)
+
+
+def sized(request: Request, size: tuple[int, int], param: str) -> int:
+    """The cheap size check (characters, items) against the server's limits; returns the characters."""
+    cfg = request.app.state.config
+    check_size(*size, param, cfg.max_request_chars, cfg.max_request_items)
+    return size[0]
+
+
 # -- running a handler --------------------------------------------------------------------------------------
 async def guarded(request: Request, endpoint: str, handler):
-    """Run a handler; count its status; turn timeouts into 504 (disconnects are :func:`until_disconnect`'s).
+    """Run a handler; count its status; turn timeouts into 504, a client gone while its body was read into a
+    499 (later disconnects are :mod:`~leaninfer.serving.disconnect`'s), and a bug into a logged, counted 500.
 
     ``handler(ctx)`` sets ``ctx["model"]`` once it knows the served name, so even its errors are counted
-    under that model."""
+    under that model. ``request.state.arrived_at`` is when the request arrived: a stream's latency counts
+    from there."""
     state = request.app.state
     timeout = state.config.request_timeout_s
-    t0 = time.perf_counter()
+    t0 = request.state.arrived_at = time.perf_counter()
     ctx = {"model": "-"}
 
     def count(status: int, err_type: str | None = None):
@@ -91,6 +125,9 @@ async def guarded(request: Request, endpoint: str, handler):
 
     try:
         resp = await asyncio.wait_for(handler(ctx), timeout=timeout)
+    except ClientDisconnect:  # nothing reached an engine, yet the client did hang up: a cancellation too
+        count(499, "client_closed_request")
+        raise OpenAIError(499, "client disconnected", code="client_closed_request") from None
     except OpenAIError as e:
         count(e.status, e.type)
         raise
@@ -98,50 +135,78 @@ async def guarded(request: Request, endpoint: str, handler):
         count(504, "timeout")
         raise OpenAIError(504, f"request not finished within --request-timeout-s {timeout}",
                           type="timeout", code="timeout") from None
+    except Exception as e:
+        # Answered here rather than by the app's catch-all: Starlette re-raises from that one, and uvicorn
+        # then drops the keep-alive connection.
+        log.error("unexpected error in %s", endpoint, exc_info=e)
+        count(500, "server_error")
+        raise OpenAIError(500, f"internal error: {type(e).__name__}", type="server_error") from None
     count(resp.status_code)
     if not isinstance(resp, StreamingResponse):  # a stream observes its own latency when it ends
         state.metrics.e2e.labels(ctx["model"], endpoint).observe(time.perf_counter() - t0)
     return resp
 
 
-async def _wait_disconnect(request: Request) -> None:
-    while True:
-        msg = await request.receive()
-        if msg["type"] == "http.disconnect":
-            return
+# Request-body models (and the models they nest) by name, for the OpenAPI's components (install_openapi).
+BODY_SCHEMAS: dict[str, dict] = {"ErrorResponse": ErrorResponse.model_json_schema(ref_template=_REF)}
+BODY_SCHEMAS.update(BODY_SCHEMAS["ErrorResponse"].pop("$defs"))
+ERROR_STATUSES = {"400": "invalid request (the message names the parameter)", "404": "no such model",
+                  "413": "request body too large", "500": "internal error", "503": "queue full or shutting down",
+                  "504": "not finished within the request timeout"}
 
 
-async def until_disconnect(request: Request, aw):
-    """Await ``aw``, cancelling it if the client goes away first."""
-    task = asyncio.ensure_future(aw)
-    watch = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
-            task.cancel()
-            raise OpenAIError(499, "client disconnected", code="client_closed_request")
-        return task.result()
-    finally:
-        watch.cancel()
-        if not task.done():
-            task.cancel()
+TASK_OF_BODY = {"EmbeddingRequest": "embedding", "CompletionRequest": "causal-lm",
+                "ChatCompletionRequest": "causal-lm"}
 
 
-def _body_doc(schema) -> dict:
-    # The handlers read the raw body themselves (for the size cap), so FastAPI can't see the schema: publish it.
+def _body_doc(schema, stream: bool = False) -> dict:
+    # The handlers read the raw body themselves (for the size cap), so FastAPI can't see the schema: publish
+    # it. Nested models go to components/schemas, where the document's references resolve; pydantic's own
+    # "#/$defs/..." would dangle once the schema sits inside the document.
+    body = schema.model_json_schema(ref_template=_REF)
+    BODY_SCHEMAS.update(body.pop("$defs", {}))
+    BODY_SCHEMAS[schema.__name__] = body
+    # a stream's schema describes one server-sent event, as OpenAPI 3.2 does: each carries a JSON chunk in data
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+    ok = {"application/json": {"schema": {}}} | ({"text/event-stream": {"schema": event}} if stream else {})
     return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": schema.model_json_schema()}}}}
+                            "content": {"application/json": {"schema": {"$ref": _REF.format(model=schema.__name__)}}}},
+            "responses": {"200": {"description": "Successful Response", "content": ok}}
+            | {status: {"description": what, "content": _ERROR} for status, what in ERROR_STATUSES.items()}}
+
+
+def install_openapi(app) -> None:
+    """Make ``app.openapi()`` carry the request-body models that the endpoints' documentation references,
+    with ``model`` listing the names this app serves for each endpoint (so a schema-driven client, a fuzzer
+    say, can build requests that reach a model)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schemas = copy.deepcopy(BODY_SCHEMAS)
+            for body, task in TASK_OF_BODY.items():
+                names = [s.name for s in app.state.served.values() if s.task == task]
+                if names:
+                    schemas[body]["properties"]["model"]["enum"] = names
+            build().setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 # -- service endpoints --------------------------------------------------------------------------------------
-@router.get("/health")
+@router.get("/health", responses={503: {"description": "draining, or an engine died"}})
 async def health(request: Request):
+    dead = {s.name: s.engine.dead for s in request.app.state.served.values() if s.engine.dead is not None}
+    if dead:
+        reason = "; ".join(f"the engine of model {name!r} died: {why}" for name, why in dead.items())
+        return JSONResponse({"status": "engine_dead", "reason": reason}, status_code=503)
     if request.app.state.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     return {"status": "ok", "models": list(request.app.state.served)}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # documents text/plain (Prometheus' format)
 async def metrics_endpoint(request: Request):
     metrics = request.app.state.metrics
     for s in request.app.state.served.values():
@@ -155,7 +220,7 @@ async def list_models(request: Request):
                                        for s in request.app.state.served.values()]}
 
 
-@router.get("/v1/models/{name:path}")
+@router.get("/v1/models/{name:path}", responses={404: {"description": "no such model", "content": _ERROR}})
 async def get_model(name: str, request: Request):
     served = request.app.state.served
     if name not in served:
@@ -171,7 +236,8 @@ async def embeddings(request: Request):
         req = await read_body(request, EmbeddingRequest)
         s = lookup(request, req.model, "embedding")
         ctx["model"] = s.name
-        tokens = embed_tokens(s, req.input)
+        chars = sized(request, text_size(req.input), "input")
+        tokens = await off_loop_if(chars > OFFLOAD_CHARS, embed_tokens, s, req.input)
         vectors, meter = await until_disconnect(request, s.engine.embed(tokens))
         dim = vectors.shape[1]
         if req.dimensions is not None and req.dimensions != dim:
@@ -179,44 +245,57 @@ async def embeddings(request: Request):
                               param="dimensions", code="invalid_value")
         n_tokens = sum(len(t) for t in tokens)
         request.app.state.metrics.observe_embedding(s.name, n_tokens, meter)
-        return JSONResponse(embedding_list(s.name, vectors, req.encoding_format, n_tokens, meter.to_dict()))
+        body = embedding_list(s.name, vectors, req.encoding_format, n_tokens, meter.to_dict())
+        return Response(await off_loop_if(vectors.size > OFFLOAD_FLOATS, json_bytes, body),
+                        media_type="application/json")
     return await guarded(request, "embeddings", handler)
 
 
 # -- generation ---------------------------------------------------------------------------------------------
-@router.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest))
+@router.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest, stream=True))
 async def completions(request: Request):
     async def handler(ctx):
         req = await read_body(request, CompletionRequest)
         s = lookup(request, req.model, "causal-lm")
         ctx["model"] = s.name
-        return await _generate(request, s, req, completion_prompt(s, req.prompt), chat=False)
+        big = sized(request, text_size(req.prompt), "prompt") > OFFLOAD_CHARS
+        return await _generate(request, s, req, await off_loop_if(big, completion_prompt, s, req.prompt),
+                               chat=False)
     return await guarded(request, "completions", handler)
 
 
-@router.post("/v1/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
+@router.post("/v1/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest, stream=True))
 async def chat_completions(request: Request):
     async def handler(ctx):
         req = await read_body(request, ChatCompletionRequest)
         s = lookup(request, req.model, "causal-lm")
         ctx["model"] = s.name
-        return await _generate(request, s, req, chat_prompt(s, req.messages), chat=True)
+        big = sized(request, messages_size(req.messages), "messages") > OFFLOAD_CHARS
+        return await _generate(request, s, req, await off_loop_if(big, chat_prompt, s, req.messages), chat=True)
     return await guarded(request, "chat.completions", handler)
 
 
 def _sampling(s: ServedModel, req, n_prompt: int, chat: bool) -> SamplingParams:
+    # The context check holds whatever the client omitted: a prompt that leaves no room for one token is
+    # refused before it reaches the engine (where prefill would fail on it).
     limit = s.model.max_seq_length
+    if n_prompt >= limit:
+        what = "messages" if chat else "prompt"
+        raise OpenAIError(400, f"this model's maximum context length is {limit} tokens; the {what} have "
+                               f"{n_prompt}, leaving no room for a completion", param=what,
+                          code="context_length_exceeded")
+    name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
     asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
-    max_tokens = asked or (min(DEFAULT_CHAT_MAX_TOKENS, limit - n_prompt) if chat else DEFAULT_COMPLETION_MAX_TOKENS)
-    if max_tokens < 1:  # the chat default shrinks to the room left: messages that fill the context leave none
-        raise OpenAIError(400, f"this model's maximum context length is {limit} tokens; the messages have "
-                               f"{n_prompt}", param="messages", code="context_length_exceeded")
+    # an omitted max_tokens defaults to OpenAI's value, shrunk to the room the prompt leaves
+    max_tokens = asked or min(DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS, limit - n_prompt)
     if n_prompt + max_tokens > limit:
         raise OpenAIError(400, f"this model's maximum context length is {limit} tokens; the prompt has "
-                               f"{n_prompt} and max_tokens is {max_tokens}", param="max_tokens",
+                               f"{n_prompt} and {name} is {max_tokens}: at most {limit - n_prompt}", param=name,
                           code="context_length_exceeded")
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-                          stop=list(req.stop or []), ignore_eos=req.ignore_eos)
+                          stop=list(req.stop or []), ignore_eos=req.ignore_eos,
+                          presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                          logit_bias=logit_bias(s, req.logit_bias))
 
 
 def _finish(request: Request, s: ServedModel, handle, n_prompt: int) -> dict:
@@ -226,21 +305,27 @@ def _finish(request: Request, s: ServedModel, handle, n_prompt: int) -> dict:
     return completion_usage(n_prompt, len(handle.seq.output), meter.to_dict())
 
 
-def _release(request: Request, s: ServedModel, handle) -> None:
-    """Free the engine slot (a no-op when finished); a generation stopped early counts as cancelled."""
-    if handle.seq.finish_reason is None:
-        request.app.state.metrics.cancelled.labels(s.name).inc()
-    handle.cancel()
+def _stream_ended(request: Request, s: ServedModel, handle, endpoint: str, outcome: str) -> None:
+    """A stream's response ended (see :class:`ReleasingStream`): free its slot, count a hang-up or a failure."""
+    handle.cancel()  # a no-op once the sequence finished; otherwise it leaves the batch at the next step
+    metrics = request.app.state.metrics
+    if outcome == "cancelled":
+        metrics.cancelled.labels(s.name).inc()
+    elif outcome == "error":
+        metrics.server_errors.labels(endpoint, "500").inc()
 
 
 async def _generate(request: Request, s: ServedModel, req, prompt: list[int], chat: bool):
+    # Everything that may raise comes before submit: from submit on, every path must end the sequence.
+    fmt = CompletionFormat(s.name, chat, echo=echo_text(s, req.prompt, prompt) if getattr(req, "echo", 0) else "")
     handle = s.engine.submit(prompt, _sampling(s, req, len(prompt), chat))
-    fmt = CompletionFormat(s.name, chat)
     if req.stream:
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-        return StreamingResponse(_stream(request, s, handle, fmt, include_usage, len(prompt)),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        endpoint = "chat.completions" if chat else "completions"
+        return ReleasingStream(_stream(request, s, handle, fmt, include_usage, len(prompt)),
+                               on_end=lambda outcome: _stream_ended(request, s, handle, endpoint, outcome),
+                               media_type="text/event-stream",
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def collect():
         parts, reason = [], None
@@ -254,30 +339,29 @@ async def _generate(request: Request, s: ServedModel, req, prompt: list[int], ch
 
     try:
         text, reason = await until_disconnect(request, collect())
-    finally:  # disconnect, timeout or error
-        _release(request, s, handle)
+    finally:  # disconnect (counted by guarded, as a 499), timeout or error: stop the sequence
+        handle.cancel()
     return JSONResponse(fmt.response(text, reason, _finish(request, s, handle, len(prompt))))
 
 
 async def _stream(request: Request, s: ServedModel, handle, fmt: CompletionFormat, include_usage: bool,
                   n_prompt: int):
-    t0 = time.perf_counter()
-    try:
-        if fmt.chat:
-            yield fmt.chunk(first=True)
-        async for ev in handle:
-            if ev.finish_reason == "error":
-                yield sse(OpenAIError(500, f"generation failed: {ev.error}", type="server_error").body())
-                break
-            if ev.text:
-                yield fmt.chunk(ev.text)
-            if ev.finish_reason:
-                yield fmt.chunk(None, ev.finish_reason)
-        usage = _finish(request, s, handle, n_prompt)
-        endpoint = "chat.completions" if fmt.chat else "completions"
-        request.app.state.metrics.e2e.labels(s.name, endpoint).observe(time.perf_counter() - t0)
-        if include_usage:
-            yield fmt.usage_chunk(usage)
-        yield SSE_DONE
-    finally:  # the client went away (generator closed) or we are done: free the slot either way
-        _release(request, s, handle)
+    """The SSE body. Its :class:`ReleasingStream` frees the slot and counts hang-ups, however it ends."""
+    metrics = request.app.state.metrics
+    endpoint = "chat.completions" if fmt.chat else "completions"
+    if fmt.chat or fmt.echo:
+        yield fmt.chunk(first=True)
+    async for ev in handle:
+        if ev.finish_reason == "error":
+            metrics.server_errors.labels(endpoint, "500").inc()  # the status line said 200; the error is a 5xx
+            yield sse(OpenAIError(500, f"generation failed: {ev.error}", type="server_error").body())
+            break
+        if ev.text:
+            yield fmt.chunk(ev.text)
+        if ev.finish_reason:
+            yield fmt.chunk(None, ev.finish_reason)
+    usage = _finish(request, s, handle, n_prompt)
+    if include_usage:
+        yield fmt.usage_chunk(usage)
+    yield SSE_DONE
+    metrics.e2e.labels(s.name, endpoint).observe(time.perf_counter() - request.state.arrived_at)

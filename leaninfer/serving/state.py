@@ -34,7 +34,13 @@ class ServerConfig(BaseModel):
     request_timeout_s: float = Field(600.0, gt=0, description="a request not finished within this many seconds "
                                                               "is cancelled and answered with a 504")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="larger request bodies are refused with a 413")
-    drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long open requests may finish before "
+    max_request_chars: int = Field(1_000_000, ge=1, description="characters of text in one request (input, "
+                                                                 "prompt or messages; a token id counts as one): "
+                                                                 "more is refused with a 413 before tokenizing")
+    max_request_items: int = Field(2048, ge=1, description="inputs of one embeddings request, or messages of one "
+                                                           "chat: more is refused with a 413 before tokenizing")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long open requests may finish (the "
+                                                           "listener stays up and /health answers 503) before "
                                                            "the engines stop")
 
     # Positional ``batching`` keeps the dataclass-era call ``ServerConfig(BatchingConfig(...), ...)`` working.

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+
 import numpy as np
 
 from leaninfer.serving.core import (
+    BusyWindow,
     EmbedItem,
+    EmbedQueue,
     GenerationScheduler,
     GenSequence,
     Sampler,
@@ -21,10 +26,11 @@ VOCAB = 50
 class FakeRunner:
     """Deterministic logits: the next token is (sum of the sequence's tokens) % VOCAB; records call sizes."""
 
-    def __init__(self, fail_on: int | None = None):
+    def __init__(self, fail_on: int | None = None, poison: int | None = None):
         self.seqs: dict[int, list[int]] = {}
         self.calls: list[tuple[str, int]] = []
-        self.fail_on = fail_on
+        self.fail_on = fail_on  # a prompt starting with it fails prefill
+        self.poison = poison  # a sequence starting with it fails once it holds a generated token
 
     def _logits(self, ids):
         out = np.zeros((len(ids), VOCAB), np.float32)
@@ -35,6 +41,8 @@ class FakeRunner:
     def prefill(self, ids, prompts):
         if self.fail_on is not None and any(p[0] == self.fail_on for p in prompts):
             raise RuntimeError("bad prompt")
+        if self.poison is not None and any(p[0] == self.poison and len(p) > 1 for p in prompts):
+            raise RuntimeError("poisoned row")
         self.calls.append(("prefill", len(ids)))
         for s, p in zip(ids, prompts, strict=True):
             self.seqs[s] = list(p)
@@ -43,7 +51,9 @@ class FakeRunner:
     def decode(self, ids, tokens):
         self.calls.append(("decode", len(ids)))
         for s, t in zip(ids, tokens, strict=True):
-            self.seqs[s].append(t)
+            self.seqs[s].append(t)  # appended before the failure below: a half-done step, as a real cache
+        if self.poison is not None and any(self.seqs[s][0] == self.poison for s in ids):
+            raise RuntimeError("poisoned row")
         return self._logits(ids)
 
     def release(self, ids):
@@ -173,3 +183,126 @@ def test_max_seq_len_ends_with_length():
     s.submit(q)
     run(s)
     assert q.finish_reason == "length" and len(q.output) == 2
+
+
+def test_a_bad_row_in_a_batched_prefill_fails_alone():
+    events = []
+    r = FakeRunner(fail_on=9)
+    s = GenerationScheduler(r, max_batch_size=8)
+    a, bad, c = make([1, 2], 4, events), make([9, 1], 4, events), make([3], 4, events)
+    for q in (a, bad, c):
+        s.submit(q)
+    run(s)  # the three are admitted in one step: one prefill call holding the bad row
+    assert bad.finish_reason == "error" and not bad.output
+    assert [(i, ev.error) for i, ev in events if ev.error] == [(bad.id, "RuntimeError: bad prompt")]
+    assert a.output == expected([1, 2], 4) and c.output == expected([3], 4)
+    assert [x.finish_reason for x in (a, c)] == ["length"] * 2 and r.seqs == {}
+    assert max(n for k, n in r.calls if k == "decode") == 2  # the survivors still decode together
+
+
+def test_a_row_that_breaks_decode_fails_alone_and_the_runner_stays_consistent():
+    events = []
+    r = FakeRunner(poison=7)
+    s = GenerationScheduler(r, max_batch_size=8)
+    a, bad, c = make([1, 2], 5, events), make([7], 5, events), make([3], 5, events)
+    for q in (a, bad, c):
+        s.submit(q)
+    run(s)
+    assert bad.finish_reason == "error" and len(bad.output) == 1
+    errors = [ev.error for i, ev in events if ev.finish_reason == "error"]
+    assert errors == ["RuntimeError: poisoned row"] and all(i == bad.id for i, ev in events if ev.error)
+    # the survivors' outputs are what they would be alone: the half-done step left nothing behind
+    assert a.output == expected([1, 2], 5) and c.output == expected([3], 5) and r.seqs == {}
+    assert a.busy_decode_s > 0 and s.batch_sizes[-1] == 2
+
+
+def test_a_bad_prompt_batched_between_good_ones_on_a_real_model(tiny_gpt2):
+    from leaninfer.models.runner import greedy_generate
+
+    good = [list(tiny_gpt2.tokenizer("hello world")["input_ids"]), [5, 6, 7, 8, 9]]
+    ref = greedy_generate(tiny_gpt2.runner(), good, 6)
+    s = GenerationScheduler(tiny_gpt2.runner(), max_batch_size=8, max_seq_len=tiny_gpt2.max_seq_length)
+    a, c = make(good[0], 6), make(good[1], 6)
+    bad = make([1, tiny_gpt2.config.vocab_size + 3, 2], 6)  # past the embedding table: the model raises
+    for q in (a, bad, c):
+        s.submit(q)
+    run(s)
+    assert bad.finish_reason == "error" and not bad.output
+    assert [a.output, c.output] == ref
+
+
+class _AddMidway(deque):
+    """Spans whose first iteration lets the engine thread call ``add`` midway, and waits for it to get through
+    (a bounded wait: the lock may rightly keep it out until the reader is done)."""
+
+    window: BusyWindow
+    adder: threading.Thread | None = None
+
+    def __iter__(self):
+        it = super().__iter__()
+        if self.adder is None:
+            yield next(it)
+            self.adder = threading.Thread(target=self.window.add, args=(0.5,))
+            self.adder.start()
+            self.adder.join(timeout=0.5)
+        yield from it
+
+
+def test_busy_window_read_while_the_engine_adds():
+    # The interleaving that killed the engine thread: /metrics sums the spans while the engine appends one.
+    # Unlocked, the append lands mid-iteration: "deque mutated during iteration".
+    t = [0.0]
+    w = BusyWindow(window_s=10.0, clock=lambda: t[0])
+    t[0] = 1.0
+    w.spans = _AddMidway(w.spans)
+    w.spans.window = w
+    w.add(0.25)
+    w.add(0.25)
+    assert w.fraction() == 0.5  # the span added midway waited for the reader: not half-counted
+    w.spans.adder.join()
+    assert w.fraction() == 1.0 and len(w.spans) == 3  # ... and is counted on the next read
+
+
+def _serve_embeddings(queue: EmbedQueue, batch: int = 32, tokens: int = 16384) -> list[list[EmbedItem]]:
+    """Drain the queue as the embeddings engine does: a window of 4 batches at a time, cut into batches."""
+    order = []
+    while queue.items:
+        order += form_embedding_batches(queue.take(4 * batch), batch, tokens)
+    return order
+
+
+def test_a_small_embedding_request_is_not_queued_behind_a_huge_one():
+    q = EmbedQueue()
+    huge = [EmbedItem([7] * (50 + k % 200), request="huge", index=k, enqueued_at=0.0) for k in range(3000)]
+    q.add(huge)
+    q.add([EmbedItem([7] * 9, request="small", enqueued_at=1.0)])
+    assert q.tokens == sum(len(i.token_ids) for i in huge) + 9 and len(q) == 2
+    batches = _serve_embeddings(q)
+    first = next(n for n, b in enumerate(batches) if any(i.request == "small" for i in b))
+    assert first < 4, f"the one-line request ran in batch {first} of {len(batches)}"  # the first window
+    assert len(batches) > 90  # ... of a request worth about a hundred batches
+    assert sorted(i.index for b in batches for i in b if i.request == "huge") == list(range(3000))
+    assert q.tokens == 0 and q.items == 0 and len(q) == 0
+
+
+def test_embedding_queue_deals_round_robin_and_forgets_cancelled_requests():
+    q = EmbedQueue()
+    for name, n in (("a", 5), ("b", 1), ("c", 3)):
+        q.add([EmbedItem([1, 2], request=name, index=k) for k in range(n)])
+    assert [i.request for i in q.take(6)] == ["a", "b", "c", "a", "c", "a"]
+    assert q.tokens == 2 * 3 and len(q) == 2
+    assert len(q.discard("c")) == 1 and q.discard("c") == []
+    assert q.tokens == 2 * 2 and [i.request for i in q.take_all()] == ["a", "a"]
+
+
+def test_sampler_bias_penalties_tiny_temperature_and_signed_seed():
+    logits = np.array([0.0, 3.0, 1.0, 2.0], np.float32)
+    assert Sampler(SamplingParams(temperature=0, logit_bias={0: 100})).sample(logits) == 0
+    s = Sampler(SamplingParams(temperature=0, frequency_penalty=2.0))
+    assert [s.sample(logits) for _ in range(4)] == [1, 3, 1, 2]  # each pick lowers that token by 2 per use
+    s = Sampler(SamplingParams(temperature=0, presence_penalty=2.0))
+    assert [s.sample(logits) for _ in range(3)] == [1, 3, 1]  # once present, a token is lowered once
+    # a subnormal temperature overflowed the division; it now tends to greedy, as it should
+    assert {Sampler(SamplingParams(temperature=5e-324, top_p=0.5, seed=k)).sample(logits) for k in range(5)} == {1}
+    a = [Sampler(SamplingParams(temperature=2.0, seed=-7)).sample(logits) for _ in range(3)]
+    assert len(set(a)) == 1  # a negative seed is a seed like any other

@@ -1,13 +1,16 @@
-"""A real server: `leaninfer serve` in a subprocess on 127.0.0.1, the official openai client, disconnect, SIGTERM."""
+"""A real server: `leaninfer serve` in a subprocess on 127.0.0.1, the official openai client, clients hanging up
+at every point, SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -76,25 +79,77 @@ def test_openai_client_round_trip(server):
         client.embeddings.create(model="nope", input="x")
 
 
-def test_disconnect_cancels_then_sigterm_drains(server):
-    proc, url = server
-    body = {"model": "tiny-gpt2", "prompt": "go", "max_tokens": 400, "ignore_eos": True, "stream": True}
-    with httpx.Client(timeout=30) as c:
-        with c.stream("POST", f"{url}/v1/completions", json=body) as r:
+def _raw_post(path: str, body: dict) -> tuple[bytes, bytes]:
+    """An HTTP/1.1 POST as bytes: (head, body), to send in pieces and hang up at any point."""
+    data = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    return head, data
+
+
+def _hang_up(url: str, how: str, k: int) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    long = {"model": "tiny-gpt2", "prompt": f"go {k}", "max_tokens": 500, "ignore_eos": True}
+    if how in ("before-first-byte", "non-stream-at-once", "mid-body"):
+        head, data = _raw_post("/v1/completions", {**long, "stream": how == "before-first-byte"})
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head + (data[: len(data) // 2] if how == "mid-body" else data))
+        return  # closed without reading a byte
+    if how == "mid-stream":
+        with httpx.Client(timeout=30) as c, c.stream("POST", f"{url}/v1/completions",
+                                                    json={**long, "stream": True}) as r:
             next(r.iter_lines())
-        # the client went away mid-stream: the sequence leaves the batch long before 400 tokens
-        for _ in range(100):
-            if gauge(url, "leaninfer_cancelled_requests_total") == 1 and running(url) == 0:
-                break
-            time.sleep(0.05)
-        assert gauge(url, "leaninfer_cancelled_requests_total") == 1 and running(url) == 0
-    # SIGTERM while a request is in flight: it completes, then the process exits cleanly
-    with httpx.Client(timeout=60) as c:
-        with c.stream("POST", f"{url}/v1/completions", json={**body, "max_tokens": 60}) as r:
+        return
+    with httpx.Client(timeout=0.3) as c:  # non-stream, hung up while it generates (the read times out)
+        with pytest.raises(httpx.TimeoutException):
+            c.post(f"{url}/v1/completions", json=long)
+
+
+def test_every_disconnect_cancels_once(server):
+    _, url = server
+    kinds = ["before-first-byte", "mid-stream", "non-stream-at-once", "non-stream-later", "mid-body"]
+    clients = [kind for kind in kinds for _ in range(20)]  # 100, as the issue's drill
+    cancelled0 = gauge(url, "leaninfer_cancelled_requests_total")
+    steps0 = gauge(url, "leaninfer_batch_size_count")
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(_hang_up, [url] * len(clients), clients, range(len(clients))))
+    # Every client is counted once, and every sequence leaves the engine: nothing is left running or queued.
+    for _ in range(600):
+        done = (gauge(url, "leaninfer_cancelled_requests_total") - cancelled0 == len(clients)
+                and running(url) == 0 and gauge(url, "leaninfer_queue_depth") == 0)
+        if done:
+            break
+        time.sleep(0.1)
+    assert gauge(url, "leaninfer_cancelled_requests_total") - cancelled0 == len(clients)
+    assert running(url) == 0 and gauge(url, "leaninfer_queue_depth") == 0
+    # ... stopped, not decoded to the end: one sequence run to max_tokens alone takes 499 decode steps
+    assert gauge(url, "leaninfer_batch_size_count") - steps0 < 499
+
+
+def test_sigterm_drains_with_health_503_then_exits_0(server):
+    proc, url = server
+    port = int(url.rsplit(":", 1)[1])
+    body = {"model": "tiny-gpt2", "prompt": "go", "max_tokens": 60, "ignore_eos": True, "stream": True}
+    head, data = _raw_post("/v1/completions", {**body, "stream": False})
+    with socket.create_connection(("127.0.0.1", port)) as held, httpx.Client(timeout=60) as c:
+        # a request whose body is not all sent yet: it holds the drain open for as long as this test wants
+        held.sendall(head + data[:5])
+        with c.stream("POST", f"{url}/v1/completions", json=body) as r:
             lines = r.iter_lines()
             first = next(lines)
             proc.send_signal(signal.SIGTERM)
-            rest = list(lines)
-    assert first.startswith("data: ") and "data: [DONE]" in rest
-    # uvicorn re-raises the signal after its graceful shutdown: exit by SIGTERM, after the drain
-    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+            for _ in range(100):  # the signal is handled between two ticks of the server
+                if httpx.get(f"{url}/health").status_code == 503:
+                    break
+                time.sleep(0.05)
+            h = httpx.get(f"{url}/health")
+            assert h.status_code == 503 and h.json()["status"] == "draining"
+            refused = httpx.post(f"{url}/v1/completions", json=body)  # new work is refused while draining
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+            rest = list(lines)  # work in flight completes
+        assert first.startswith("data: ") and "data: [DONE]" in rest
+        assert httpx.get(f"{url}/health").status_code == 503  # the listener lives while a request is open
+        held.sendall(data[5:])
+        answer = held.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 503")  # it had not reached an engine when the drain began
+    assert proc.wait(timeout=60) == 0  # a clean drain exits 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .artifacts import MANIFEST_NAME, atomic_dir, build_manifest
 from .errors import LeaninferError, StepError, valid_list
@@ -34,9 +34,14 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
-    steps: list[str | dict]
-    floors: Floors = Floors()
+    model: str | None = Field(
+        None, description="model reference to optimize (minilm, random:<preset>, a Hugging Face id, a model or "
+        "artifact directory); optimize --model overrides it; default: minilm")
+    steps: list[str | dict] = Field(
+        ..., description="the steps in order: names with optional parameters ('int8:method=torch-dynamic') or "
+        "mappings with a 'step' key plus parameters")
+    floors: Floors = Field(Floors(), description="quality floors the written artifact must meet, else nothing is "
+                           "written")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:

@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from ..errors import StepError
 from .common import FilteredStep, StepContext, register
 
@@ -19,6 +21,15 @@ from .common import FilteredStep, StepContext, register
 class _Bnb(FilteredStep):
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32", "torch:fp16", "torch:bf16")
     bits: ClassVar[int] = 8
+
+    # Redeclared only to describe what bitsandbytes does with them (defaults as in ModuleFilter).
+    include: tuple[str, ...] = Field(
+        ("*",), description="accepted for symmetry with the other filtered steps but not used: transformers "
+        "quantizes every Linear module except those named by exclude")
+    exclude: tuple[str, ...] = Field(
+        ("lm_head", "*lm_head"), description="modules to keep unquantized (a comma-separated string is accepted): "
+        "each pattern, with leading '*'/'.' and trailing '*' removed, goes to bitsandbytes' skip list, which skips "
+        "modules whose qualified names start or end with it; the default keeps the LM head")
 
     def produces(self, state: str) -> str:
         return "torch:int8" if self.bits == 8 else "torch:nf4"
@@ -61,7 +72,9 @@ class BnbInt8(_Bnb):
     summary: ClassVar[str] = "bitsandbytes LLM.int8() (memory saving; slower than FP16 matmuls)"
     bits: ClassVar[int] = 8
 
-    threshold: float = 6.0
+    threshold: float = Field(6.0, description="LLM.int8() outlier threshold (llm_int8_threshold): activation "
+                             "features with a magnitude above it are multiplied in 16-bit, the rest in INT8; "
+                             "lower keeps more in 16-bit (more accurate, slower)")
 
     def quantization_config(self, skip):
         from transformers import BitsAndBytesConfig
@@ -76,9 +89,13 @@ class BnbNF4(_Bnb):
     summary: ClassVar[str] = "bitsandbytes 4-bit NormalFloat weights (QLoRA's NF4), compute in bf16/fp32"
     bits: ClassVar[int] = 4
 
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit weight data type: nf4 (NormalFloat, suited to normally distributed weights) or "
+        "fp4 (4-bit float)")
+    double_quant: bool = Field(True, description="also quantize the per-block quantization constants (QLoRA's "
+                               "double quantization): about 0.4 bits per weight less memory")
+    compute_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="dtype the 4-bit weights are dequantized to for the matmuls (bnb_4bit_compute_dtype)")
 
     def quantization_config(self, skip):
         import torch

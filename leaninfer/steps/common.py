@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import StepError, valid_list
 from ..models.torch_modules import linearize_conv1d
@@ -70,8 +70,14 @@ class ModuleFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ("lm_head", "*lm_head")
+    include: tuple[str, ...] = Field(
+        ("*",), description="fnmatch patterns on qualified module names (e.g. 'encoder.layer.*.intermediate.dense'; "
+        "a comma-separated string is accepted): the step touches a module that matches one of them and no exclude "
+        "pattern; '*' selects every module")
+    exclude: tuple[str, ...] = Field(
+        ("lm_head", "*lm_head"), description="fnmatch patterns on qualified module names (a comma-separated string "
+        "is accepted) of modules the step leaves untouched even when an include pattern matches; the default keeps "
+        "the LM head")
 
     @field_validator("include", "exclude", mode="before")
     @classmethod

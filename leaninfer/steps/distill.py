@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ..errors import LeaninferError, StepError
 from ..models import load
@@ -163,29 +163,59 @@ class Distill(StepConfig):
                               "teacher on a corpus")
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32",)
 
-    student: Literal["layers", "input", "config"] = "layers"
-    num_layers: int | None = None
-    student_layers: tuple[int, ...] | None = None
-    student_config: dict[str, Any] | None = None
-    teacher: str | None = None  # reference; default: the model handed to the step
-    corpus: str | None = None  # text file (one text a line) or CSV; default: the shipped corpus
-    corpus_columns: tuple[str | int, ...] = ()
-    max_steps: int = 1000
-    max_time_s: float | None = None
-    batch_size: int = 32
-    max_length: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    seed: int = 0
-    cosine_weight: float = 1.0
-    mse_weight: float = 1.0
-    temperature: float = 2.0
-    next_token_weight: float = 0.0
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 200
-    freeze_embeddings: bool = True  # the student's token embeddings stay the teacher's (faster, less memory)
-    progress: bool = True
+    student: Literal["layers", "input", "config"] = Field(
+        "layers", description="how the student is made: layers (a copy of the teacher keeping some of its blocks), "
+        "input (the model handed to the step, e.g. after prune-ffn; needs teacher) or config (a fresh, randomly "
+        "initialized model from the teacher's config with student_config overrides)")
+    num_layers: int | None = Field(
+        None, description="student=layers: how many teacher blocks the student keeps, evenly spaced with the first "
+        "and last included; 1 up to the teacher's layer count minus 1; default half the teacher's (at least 1)")
+    student_layers: tuple[int, ...] | None = Field(
+        None, description="student=layers: exactly which teacher blocks to keep, distinct 0-based indices "
+        "(instead of num_layers)")
+    student_config: dict[str, Any] | None = Field(
+        None, description="student=config: teacher config fields to override, e.g. {num_hidden_layers: 2} "
+        "(required there, refused with any other student)")
+    teacher: str | None = Field(
+        None, description="model reference of the teacher (minilm, a Hugging Face id, a model or artifact "
+        "directory), a PyTorch FP32 model of the same task; default: the model handed to the step; required for "
+        "student=input")
+    corpus: str | None = Field(
+        None, description="path of the training texts: a text file, one text per non-empty line, or a CSV when "
+        "corpus_columns is given; duplicates are dropped, at least 2 texts; default: the shipped "
+        "leaninfer/data/corpus.txt")
+    corpus_columns: tuple[str | int, ...] = Field(
+        (), description="CSV columns the texts are read from: 0-based indices (file without header) or header "
+        "names (first row is the header), a comma-separated string is accepted; empty: corpus is a plain text file")
+    max_steps: int = Field(1000, description="optimizer steps to train (1 or more); the learning-rate schedule "
+                           "decays to 0 at this step")
+    max_time_s: float | None = Field(
+        None, description="wall-clock limit in seconds (above 0), accumulated across resumes: training stops at the "
+        "first step boundary after it; none: no limit")
+    batch_size: int = Field(32, description="corpus texts per optimizer step (1 or more)")
+    max_length: int = Field(128, description="tokens per text, longer texts are truncated (2 or more)")
+    lr: float = Field(1e-4, description="peak AdamW learning rate, between 0 and 1: reached linearly over "
+                      "warmup_steps, then decayed linearly to 0 at max_steps")
+    weight_decay: float = Field(0.01, description="AdamW weight decay")
+    warmup_steps: int = Field(50, description="optimizer steps over which the learning rate rises linearly to lr")
+    seed: int = Field(0, description="seeds torch, the batch order (one permutation of the corpus per epoch) and "
+                      "the random initialization of a student=config student: same seed, same result")
+    cosine_weight: float = Field(1.0, description="embedding models: weight (>= 0) of 1 - cosine between the "
+                                 "student's and the teacher's mean-pooled embeddings in the loss")
+    mse_weight: float = Field(1.0, description="embedding models: weight (>= 0) of the mean squared error between "
+                              "the student's and the teacher's raw mean-pooled embeddings in the loss")
+    temperature: float = Field(2.0, description="causal LMs: softmax temperature (above 0) of the KL divergence "
+                               "between the teacher's and the student's next-token distributions (loss scaled by T²)")
+    next_token_weight: float = Field(0.0, description="causal LMs: weight (>= 0) of the usual next-token "
+                                     "cross-entropy on the corpus added to the KL loss; 0: off")
+    checkpoint_dir: str | None = Field(
+        None, description="folder for resumable checkpoints, deleted when the run finishes; default: "
+        "$LEANINFER_CACHE/distill/<run key> (LEANINFER_CACHE defaults to ~/.cache/leaninfer)")
+    checkpoint_every: int = Field(200, description="save a checkpoint every this many optimizer steps (1 or more); "
+                                  "one is also saved on Ctrl-C or an error")
+    freeze_embeddings: bool = Field(True, description="keep the student's input token embeddings as the teacher's, "
+                                    "untrained (faster, less memory); ignored for student=config")
+    progress: bool = Field(True, description="show a progress bar with the running loss while training")
 
     _lineage: dict | None = PrivateAttr(default=None)
 

@@ -90,8 +90,11 @@ class OnnxExport(StepConfig):
     summary: ClassVar[str] = "export to ONNX (pooling inside for embeddings), checked against PyTorch"
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32",)
 
-    opset: int = Field(OPSET, ge=14, le=21)
-    min_cosine: float = Field(0.9999, gt=0, le=1)
+    opset: int = Field(OPSET, ge=14, le=21, description="ONNX opset version the graph is exported with")
+    min_cosine: float = Field(0.9999, gt=0, le=1,
+                              description="embeddings: least mean cosine between ONNX Runtime and PyTorch outputs on "
+                              "the first 48 calibration texts (bundled default texts if none), else the export fails (causal LMs are checked by relative "
+                              "logit difference <= 1e-3 instead)")
 
     def produces(self, state: str) -> str:
         return "onnx:fp32"
@@ -139,8 +142,11 @@ class _OrtQuant(FilteredStep):
     accepts: ClassVar[tuple[str, ...]] = ("onnx:fp32",)
     export_step: ClassVar[str | None] = "onnx"
 
-    fuse: bool = True
-    per_channel: bool = True
+    fuse: bool = Field(True, description="run ONNX Runtime's transformer fusion (attention, LayerNorm, GELU) "
+                       "before quantizing; only for model types bert and gpt2, others are quantized unfused "
+                       "with a note")
+    per_channel: bool = Field(True, description="one weight scale per output channel (true) or one per tensor "
+                              "(false)")
 
     def produces(self, state: str) -> str:
         return "onnx:int8"
@@ -208,10 +214,18 @@ class OrtInt8Static(_OrtQuant):
 
     # Not fused by default: the fused graph's com.microsoft ops carry no type information, so the static
     # quantizer skips their outputs and leaves activations in FP32 (weight-only INT8, measured 1.5x slower).
-    fuse: bool = False
-    calibration_samples: int = Field(256, ge=8, le=100_000)
-    method: Literal["minmax", "percentile", "entropy"] = "minmax"
-    quant_format: Literal["qdq", "qoperator"] = "qdq"
+    fuse: bool = Field(False, description="run ONNX Runtime's transformer fusion (bert and gpt2 only) before "
+                       "quantizing; off by default because activations after fused ops then stay FP32")
+    calibration_samples: int = Field(256, ge=8, le=100_000,
+                                     description="most calibration texts activation ranges are measured on, in "
+                                     "batches of 8 (the --calibration texts, or the bundled default texts when fewer "
+                                     "than 8 are given)")
+    method: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="how activation ranges are set from calibration: minmax (observed min/max), "
+        "percentile (clips outliers) or entropy (minimizes KL divergence of the distribution)")
+    quant_format: Literal["qdq", "qoperator"] = Field(
+        "qdq", description="qdq: QuantizeLinear/DequantizeLinear pairs around float ops; qoperator: quantized "
+        "operators (QLinearMatMul and the like)")
 
     def apply(self, model, ctx: StepContext):
         from onnxruntime.quantization import (

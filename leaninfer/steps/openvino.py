@@ -29,7 +29,10 @@ class OpenVINOExport(StepConfig):
     summary: ClassVar[str] = "convert to OpenVINO IR (pooling inside for embeddings), checked against PyTorch"
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32",)
 
-    min_cosine: float = Field(0.9999, gt=0, le=1)
+    min_cosine: float = Field(0.9999, gt=0, le=1,
+                              description="embeddings: least mean cosine between OpenVINO and PyTorch outputs on the "
+                              "first 48 calibration texts (bundled default texts if none), else the conversion fails (causal LMs are checked by relative "
+                              "logit difference <= 1e-3 instead)")
 
     def produces(self, state: str) -> str:
         return "openvino:fp32"
@@ -67,9 +70,15 @@ class OVInt8(FilteredStep):
     accepts: ClassVar[tuple[str, ...]] = ("openvino:fp32",)
     export_step: ClassVar[str | None] = "openvino"
 
-    calibration_samples: int = Field(300, ge=8, le=100_000)
-    preset: Literal["performance", "mixed"] = "performance"
-    fast_bias_correction: bool = True
+    calibration_samples: int = Field(300, ge=8, le=100_000,
+                                     description="most calibration texts NNCF measures activation ranges on (the "
+                                     "--calibration texts, else the bundled default texts), one text per batch")
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="NNCF quantization preset: performance (symmetric weights and activations) or "
+        "mixed (symmetric weights, asymmetric activations: can be more accurate, can be slower)")
+    fast_bias_correction: bool = Field(
+        True, description="NNCF's fast bias correction; false uses the full bias correction algorithm (often more "
+        "accurate, takes longer)")
 
     def produces(self, state: str) -> str:
         return "openvino:int8"

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..data import default_texts
 from ..errors import StepError
@@ -223,7 +223,9 @@ def _fraction(name: str, v: float, *, allow_zero: bool = False) -> float:
 class _Prune(StepConfig):
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32", "torch:fp16", "torch:bf16")
 
-    num_calibration_texts: int = 256
+    num_calibration_texts: int = Field(
+        256, description="how many calibration texts (the --calibration texts, else the bundled default texts) "
+        "importance is measured on, in batches of 16 truncated to 128 tokens")
 
 
 @register
@@ -233,8 +235,11 @@ class PruneMagnitude(FilteredStep):
                               "not faster with dense kernels)")
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32", "torch:fp16", "torch:bf16")
 
-    sparsity: float = 0.5
-    scope: Literal["global", "layer"] = "global"
+    sparsity: float = Field(0.5, description="target fraction of the selected weights set to zero, from 0 up to (not "
+                            "including) 1; 0.5 zeroes half")
+    scope: Literal["global", "layer"] = Field(
+        "global", description="global: one magnitude threshold over all selected weights (modules with small "
+        "weights lose more); layer: the same fraction zeroed in each selected module")
 
     @field_validator("sparsity")
     @classmethod
@@ -293,7 +298,8 @@ def selected_linears(module, flt: ModuleFilter) -> dict:
 class _RatioPrune(_Prune):
     """A structured pruning step that removes a fraction ``ratio`` (0 < ratio < 1) of units per layer."""
 
-    ratio: float = 0.3
+    ratio: float = Field(0.3, description="fraction of FFN neurons removed from every layer, above 0 and below 1; "
+                         "the width kept is round(width x (1 - ratio)), at least 1")
 
     @field_validator("ratio")
     @classmethod
@@ -340,7 +346,9 @@ class PruneHeads(_RatioPrune):
     name: ClassVar[str] = "prune-heads"
     summary: ClassVar[str] = "remove the least important attention heads (KV groups), same count per layer"
 
-    ratio: float = 0.25
+    ratio: float = Field(0.25, description="fraction of key/value head groups removed from every layer (the query "
+                         "heads sharing a group go with it), above 0 and below 1; it must remove at least one "
+                         "group; the groups kept are round(groups x (1 - ratio)), at least 1")
 
     def apply(self, model, ctx: StepContext):
         import torch
@@ -433,9 +441,16 @@ class DropLayers(_Prune):
     name: ClassVar[str] = "drop-layers"
     summary: ClassVar[str] = "remove whole transformer blocks, given by index or chosen by measured effect"
 
-    num_layers: int | None = None  # how many to drop, chosen greedily by measured effect on calibration texts
-    layers: tuple[int, ...] | None = None  # or exactly which (0-based)
-    num_calibration_texts: int = 128
+    num_layers: int | None = Field(
+        None, description="how many blocks to remove, chosen greedily (drop the block whose absence changes the "
+        "output least on calibration texts, re-measure, repeat); 1 up to the layer count minus 1; give this or "
+        "layers")
+    layers: tuple[int, ...] | None = Field(
+        None, description="0-based indices of the blocks to remove, distinct, at least one block must remain; "
+        "give this or num_layers")
+    num_calibration_texts: int = Field(
+        128, description="how many calibration texts (the --calibration texts, else the bundled default texts) "
+        "the effect of removing a block is measured on, in batches of 16 truncated to 128 tokens; unused with layers")
 
     @model_validator(mode="after")
     def _check(self):
@@ -514,7 +529,10 @@ class Prune2of4(FilteredStep):
     name: ClassVar[str] = "prune-2of4"
     summary: ClassVar[str] = "2:4 semi-structured sparsity on sparse tensor cores (NVIDIA GPUs, compute capability >= 8.0)"
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp16", "torch:bf16")
-    exclude: tuple[str, ...] = ("lm_head", "*lm_head", "*embed*")
+    exclude: tuple[str, ...] = Field(
+        ("lm_head", "*lm_head", "*embed*"), description="fnmatch patterns on qualified module names (a "
+        "comma-separated string is accepted) of modules left dense even when an include pattern matches; the "
+        "default keeps the LM head and embeddings")
 
     @model_validator(mode="after")
     def _refuse_without_gpu(self):

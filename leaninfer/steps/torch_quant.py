@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from ..errors import StepError
 from .common import FilteredStep, StepContext, register
 
@@ -23,7 +25,10 @@ class Int8(FilteredStep):
     summary: ClassVar[str] = "PyTorch dynamic INT8 of Linear layers (torchao; method=torch-dynamic for torch.ao)"
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32",)
 
-    method: Literal["torchao", "torchao-weight-only", "torch-dynamic"] = "torchao"
+    method: Literal["torchao", "torchao-weight-only", "torch-dynamic"] = Field(
+        "torchao", description="torchao: per-channel symmetric INT8 weights and per-token dynamic INT8 activations; "
+        "torchao-weight-only: INT8 weights, activations stay floating point; torch-dynamic: "
+        "torch.ao.quantization.quantize_dynamic (per-tensor weights, deprecated API, CPU only)")
 
     def produces(self, state: str) -> str:
         return "torch:int8"

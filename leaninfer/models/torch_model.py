@@ -194,8 +194,9 @@ def _artifact_fields(path: Path, manifest: dict, device: str) -> dict:
 @register_format("hf")
 def load_hf_artifact(path: Path, manifest: dict, device: str) -> TorchModel:
     model = load_hf(str(path), str(path), task=manifest["task"], device=device, dtype=None)
-    model.weights, model.precision, model.manifest = manifest.get("weights", "pretrained"), \
-        manifest.get("precision", "fp32"), manifest
+    model.weights = manifest.get("weights", "pretrained")
+    model.precision = manifest.get("precision", "fp32")
+    model.manifest = manifest
     return model
 
 

@@ -180,12 +180,14 @@ def optimize(model, steps, out: str | Path, *, floors: Floors | dict | None = No
         manifest["floors"] = floors.model_dump(exclude_none=True)
         _write_manifest(tmp, manifest)
         # The gate judges what a user will load, not the object in memory.
-        quality = evaluate(load_artifact(tmp, device=device), source, sts=sts)
+        written = load_artifact(tmp, device=device)
+        quality = evaluate(written, source, sts=sts)
         floors.check(quality)
         manifest["quality"] = quality
         _write_manifest(tmp, manifest)
     out = Path(out).resolve()
-    return OptimizeResult(path=out, manifest=manifest, model=load(out, device=device))
+    # The folder was renamed, not rewritten: the handle loaded from it is the artifact's (no second load).
+    return OptimizeResult(path=out, manifest=manifest, model=written.moved_to(out, manifest))
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:

@@ -148,6 +148,11 @@ class Model:
         load it: ``format`` always, and whatever the format needs to rebuild the model (a structure map)."""
         raise NotImplementedError
 
+    def moved_to(self, folder: Path, manifest: dict) -> Model:
+        """This handle, after the artifact folder it was loaded from was renamed to ``folder``."""
+        self.ref, self.path, self.manifest = str(folder), Path(folder), manifest
+        return self
+
     def handle_fields(self) -> dict:
         """What a derived handle inherits: provenance, tokenizer, config, device."""
         return {"ref": self.ref, "task": self.task, "tokenizer": self.tokenizer, "config": self.config,

@@ -59,6 +59,11 @@ class OrtModel(Model):
     def logits_batch(self, enc):
         return self.session.run(None, self._feed(enc))[0].astype(np.float32, copy=False)
 
+    def moved_to(self, folder: Path, manifest: dict) -> Model:
+        # The session already holds the graph; only where its files now live changes.
+        self.graph_path = Path(folder) / self.graph_path.name
+        return super().moved_to(folder, manifest)
+
     def save(self, folder: Path) -> dict:
         self.tokenizer.save_pretrained(folder)
         copy_into([self.graph_path], folder, [GRAPH_FILE])

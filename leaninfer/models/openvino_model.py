@@ -47,6 +47,11 @@ class OpenVINOModel(Model):
     def logits_batch(self, enc):
         return self._run(enc).astype(np.float32, copy=False)
 
+    def moved_to(self, folder: Path, manifest: dict) -> Model:
+        # The session already holds the graph; only where its files now live changes.
+        self.graph_path = Path(folder) / self.graph_path.name
+        return super().moved_to(folder, manifest)
+
     def save(self, folder: Path) -> dict:
         self.tokenizer.save_pretrained(folder)
         copy_into([self.graph_path, self.graph_path.with_suffix(".bin")], folder, [GRAPH_FILE, "model.bin"])

@@ -38,7 +38,7 @@ class ServerConfig(BaseModel):
                                                                  "prompt or messages; a token id counts as one): "
                                                                  "more is refused with a 413 before tokenizing")
     max_request_items: int = Field(2048, ge=1, description="inputs of one embeddings request, or messages of one "
-                                                           "chat: more is refused with a 413 before tokenizing")
+                                                           "chat: more is refused with a 400 before tokenizing")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long open requests may finish (the "
                                                            "listener stays up and /health answers 503) before "
                                                            "the engines stop")

@@ -84,17 +84,22 @@ def check_parity(task: str, metrics: dict, what: str, min_cosine: float = 0.9999
                                    else f"relative logit difference <= {max_rel}"))
 
 
+class ConversionStep(StepConfig):
+    """A step that converts a PyTorch model to another runtime and checks the result computes the same."""
+
+    min_cosine: float = Field(0.9999, gt=0, le=1, description=(
+        "embeddings: least mean cosine between the converted graph's and PyTorch's outputs on the first 48 "
+        "calibration texts (bundled texts if none), else the step fails; causal LMs are checked by relative "
+        "logit difference <= 1e-3 instead"))
+
+
 @register
-class OnnxExport(StepConfig):
+class OnnxExport(ConversionStep):
     name: ClassVar[str] = "onnx"
     summary: ClassVar[str] = "export to ONNX (pooling inside for embeddings), checked against PyTorch"
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32",)
 
     opset: int = Field(OPSET, ge=14, le=21, description="ONNX opset version the graph is exported with")
-    min_cosine: float = Field(0.9999, gt=0, le=1,
-                              description="embeddings: least mean cosine between ONNX Runtime and PyTorch outputs on "
-                              "the first 48 calibration texts (bundled default texts if none), else the export fails (causal LMs are checked by relative "
-                              "logit difference <= 1e-3 instead)")
 
     def produces(self, state: str) -> str:
         return "onnx:fp32"

@@ -15,8 +15,8 @@ from pydantic import Field
 
 from ..data import default_texts
 from ..errors import StepError
-from .common import FilteredStep, StepConfig, StepContext, log, register
-from .onnx import _wrapper, check_parity, compare, outputs, parity_texts
+from .common import FilteredStep, StepContext, log, register
+from .onnx import ConversionStep, _wrapper, check_parity, compare, outputs, parity_texts
 
 
 def _ov_model(model, precision: str, xml: Path):
@@ -24,15 +24,10 @@ def _ov_model(model, precision: str, xml: Path):
 
 
 @register
-class OpenVINOExport(StepConfig):
+class OpenVINOExport(ConversionStep):
     name: ClassVar[str] = "openvino"
     summary: ClassVar[str] = "convert to OpenVINO IR (pooling inside for embeddings), checked against PyTorch"
     accepts: ClassVar[tuple[str, ...]] = ("torch:fp32",)
-
-    min_cosine: float = Field(0.9999, gt=0, le=1,
-                              description="embeddings: least mean cosine between OpenVINO and PyTorch outputs on the "
-                              "first 48 calibration texts (bundled default texts if none), else the conversion fails (causal LMs are checked by relative "
-                              "logit difference <= 1e-3 instead)")
 
     def produces(self, state: str) -> str:
         return "openvino:fp32"

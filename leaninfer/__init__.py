@@ -25,6 +25,12 @@ if sys.argv[1:2] == ["serve"]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 logging.getLogger("leaninfer").addHandler(logging.NullHandler())
 
+from . import logs  # noqa: E402
+
+# Quiet by default, in the Python API as in the CLI: library chatter off, LEANINFER_LOG=debug to see it.
+# Before the other imports, so nothing they may load speaks first.
+logs.configure()
+
 from .errors import LeaninferError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .models import RANDOM_PRESETS, Model, load  # noqa: E402

@@ -10,6 +10,7 @@ into place.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from .quality import Floors
 from .steps import STEPS, StepConfig, StepContext, get_step
 from .steps.common import pydantic_message
 
-__all__ = ["Floors", "OptimizeResult", "Recipe", "optimize", "parse_steps", "plan"]
+__all__ = ["Floors", "OptimizeResult", "Recipe", "continues_step", "optimize", "parse_steps", "plan", "split_step_text"]
 
 
 class Recipe(BaseModel):
@@ -67,25 +68,57 @@ def split_step_text(text: str) -> list[dict]:
 
     One syntax wherever a step is named (``optimize --steps``, ``bench --variants``, recipe shorthand):
     ``step:key=value``, further ``key=value`` pairs after a comma or a colon; a comma item without ``=`` starts
-    the next step. Values stay strings: the step's own config validates and converts them.
+    the next step, and so does ``+`` (``onnx+ort-int8``: how ``bench --variants``, whose commas separate
+    variants, chains the steps of one variant). Values stay strings: the step's own config validates and
+    converts them.
+
+    >>> split_step_text("onnx+ort-int8:per_channel=true")
+    [{'step': 'onnx'}, {'step': 'ort-int8', 'per_channel': 'true'}]
     """
     out: list[dict] = []
     for item in (x.strip() for x in text.split(",")):
-        if not item:
-            continue
-        head, *pairs = item.split(":")
-        if "=" in head:  # `key=value` continuing the previous step's parameters
-            if not out:
-                raise StepError(f"steps {text!r}: parameter {head!r} comes before any step name")
-            pairs, head = [head, *pairs], None
-        if head is not None:
-            out.append({"step": head.strip()})
-        for kv in pairs:
-            k, eq, v = kv.partition("=")
-            if not eq or not k.strip():
-                raise StepError(f"steps {text!r}: parameter {kv!r} of step {out[-1]['step']!r} must be key=value")
-            out[-1][k.strip()] = v.strip()
+        # `+` before a letter chains steps; `1e+3` stays a number.
+        for j, part in enumerate(p.strip() for p in _STEP_JOIN.split(item)):
+            if not part:
+                continue
+            head, *pairs = part.split(":")
+            if "=" in head:  # `key=value` continuing the previous step's parameters
+                if not out or j:
+                    where = "after '+'" if j else "before any step name"
+                    raise StepError(f"steps {text!r}: parameter {head!r} comes {where}; write step:{head}")
+                pairs, head = [head, *pairs], None
+            if head is not None:
+                out.append({"step": head.strip()})
+            for kv in pairs:
+                k, eq, v = kv.partition("=")
+                if not eq or not k.strip():
+                    raise StepError(f"steps {text!r}: parameter {kv!r} of step {out[-1]['step']!r} must be "
+                                    "key=value")
+                out[-1][k.strip()] = v.strip()
     return out
+
+
+_STEP_JOIN = re.compile(r"\+(?=\s*[A-Za-z])")
+
+
+def continues_step(text: str, item: str) -> bool:
+    """Whether the comma item ``item`` (``key=value``) is one more parameter of the last step of ``text``.
+
+    Where commas also separate other things (``bench --variants fp32,prune-ffn:ratio=0.3,num_calibration_texts=8``)
+    this decides: a key that the step's config has continues it; anything else starts the next item.
+
+    >>> continues_step("prune-ffn:ratio=0.3", "num_calibration_texts=8"), continues_step("int8", "fast=fp16")
+    (True, False)
+    """
+    key, eq, _ = item.partition("=")
+    if not eq or ":" in key or "+" in key:
+        return False
+    try:
+        steps = split_step_text(text)
+    except StepError:
+        return False
+    cls = STEPS.get(steps[-1]["step"]) if steps else None
+    return cls is not None and key.strip() in cls.model_fields
 
 
 def parse_steps(steps: Sequence[str | dict | StepConfig] | str) -> list[StepConfig]:

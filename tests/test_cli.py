@@ -52,3 +52,26 @@ def test_optimize_writes_an_artifact_and_eval_reads_it(tmp_path):
     p = run("eval", str(out), "--reference", "random:tiny-bert", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["mean_cosine_to_reference"] > 0.9
+
+
+def test_optimize_steps_take_parameters(tmp_path):
+    out = tmp_path / "p"
+    p = run("optimize", "--model", "random:tiny-bert", "--steps", "prune-ffn:ratio=0.5,num_calibration_texts=8",
+            "--out", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout)
+    assert m["steps"] == [{"step": "prune-ffn", "num_calibration_texts": 8, "ratio": 0.5}]
+    assert any("FFN width 128 -> 64" in n for n in m["notes"])  # the parameters reached the step
+
+
+def test_a_bad_step_parameter_reads_the_same_in_optimize_and_bench(tmp_path):
+    bad = "prune-ffn:ratio=1.5"
+    opt = run("optimize", "--model", "random:tiny-bert", "--steps", bad, "--out", str(tmp_path / "o"))
+    bench = run("bench", "--model", "random:tiny-bert", "--variants", f"fp32,{bad}", "--out", str(tmp_path / "b"))
+    said = []
+    for p in (opt, bench):
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        said.append(" ".join(p.stderr.split()))  # the console may wrap a long line
+        assert "ratio=1.5 is out of range; valid: above 0 up to (not including) 1" in said[-1]
+    assert said[0] == said[1]  # one parser, one message
+    assert not (tmp_path / "o").exists()

@@ -8,9 +8,9 @@ recompute every figure in a report by hand:
 `utilization` is the fraction of the paid hour the hardware is actually busy. A GPU busy 40% of the hour
 costs 1 / 0.4 = 2.5x per token compared with one kept busy all the time: idle time is paid for, too.
 
-Generation splits an hour into prefill (input tokens) and decode (output tokens). Each side is charged for
-the busy seconds it used, so `usd_per_1k_input_tokens` and `usd_per_1k_output_tokens` add up to the cost of
-a request. No rounding happens here; reports round for display only.
+Generation splits a request into its prefill (all input tokens, and the first output token) and its decode
+steps (one per further output token). Each is charged for the busy seconds it used; a request's cost is their
+sum. No rounding happens here; reports round for display only.
 """
 
 from __future__ import annotations
@@ -74,33 +74,60 @@ def usd_per_1k_requests(usd_per_hour: float, requests_per_s: float, utilization:
 
 @dataclass(frozen=True)
 class GenerationCost:
-    """Cost of generation split into input (prefill) and output (decode) tokens."""
+    """Cost of one generation request, split into its prefill and its decode steps.
+
+    `usd_per_1k_output_tokens` is the whole request (prefill included) per 1K output tokens: what an output
+    token costs a user who sends this request shape. `usd_per_1k_input_tokens` and `usd_per_1k_decode_tokens`
+    are the marginal rates of the two phases (busy time per token at the measured rates).
+    """
 
     usd_per_1k_input_tokens: float
-    usd_per_1k_output_tokens: float
+    usd_per_1k_decode_tokens: float | None
+    usd_per_1k_output_tokens: float | None
     usd_per_request: float
     usd_per_1k_requests: float
+    decode_steps_per_request: int
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def generation_cost(usd_per_hour: float, input_tokens_per_s: float, output_tokens_per_s: float,
+def decode_steps(output_tokens: int) -> int:
+    """Decode steps a request of `output_tokens` new tokens needs: the prefill already yields the first one.
+
+    >>> decode_steps(32), decode_steps(1), decode_steps(0)
+    (31, 0, 0)
+    """
+    return max(int(output_tokens) - 1, 0)
+
+
+def generation_cost(usd_per_hour: float, input_tokens_per_s: float, decode_tokens_per_s: float | None,
                     input_tokens: int, output_tokens: int, utilization: float = 1.0) -> GenerationCost:
     """Price a request of `input_tokens` in and `output_tokens` out.
 
-    `input_tokens_per_s` is the prefill rate and `output_tokens_per_s` the decode rate, both measured at the
-    same batch size. A request then costs the busy seconds of its prefill plus those of its decode:
+    `input_tokens_per_s` is the prefill rate and `decode_tokens_per_s` the decode rate, both measured at the
+    same batch size. The prefill produces the first output token, so a request costs the busy seconds of its
+    prefill plus those of `output_tokens - 1` decode steps:
 
-        usd_per_request = usd_per_hour / 3600 / utilization * (input_tokens / in_tps + output_tokens / out_tps)
+        usd_per_request = usd_per_hour / 3600 / utilization * (input_tokens / in_tps + (output_tokens - 1) / dec_tps)
+
+    A request of one output token needs no decode rate (`decode_tokens_per_s` may be None).
+
+    >>> g = generation_cost(3.6, 1000, 10, input_tokens=500, output_tokens=101)   # 0.5 s + 100 steps x 0.1 s
+    >>> round(g.usd_per_request, 6), round(g.usd_per_1k_output_tokens, 6)
+    (0.0105, 0.10396)
     """
     u = _check_utilization(utilization)
-    in_cost = usd_per_1k_tokens(usd_per_hour, input_tokens_per_s, u)
-    out_cost = usd_per_1k_tokens(usd_per_hour, output_tokens_per_s, u)
     n_in = _check_positive("input_tokens", input_tokens, allow_zero=True)
     n_out = _check_positive("output_tokens", output_tokens, allow_zero=True)
-    per_request = in_cost * n_in / 1000.0 + out_cost * n_out / 1000.0
-    return GenerationCost(in_cost, out_cost, per_request, per_request * 1000.0)
+    steps = decode_steps(n_out)
+    in_cost = usd_per_1k_tokens(usd_per_hour, input_tokens_per_s, u)
+    dec_cost = None
+    if steps or decode_tokens_per_s is not None:
+        dec_cost = usd_per_1k_tokens(usd_per_hour, decode_tokens_per_s, u)
+    per_request = in_cost * n_in / 1000.0 + (dec_cost or 0.0) * steps / 1000.0
+    per_out = per_request / n_out * 1000.0 if n_out else None
+    return GenerationCost(in_cost, dec_cost, per_out, per_request, per_request * 1000.0, steps)
 
 
 @dataclass(frozen=True)
@@ -145,11 +172,12 @@ class MonthlyCost:
 
 
 def usd_per_month(usd_per_hour: float, traffic: Traffic, input_tokens_per_s: float,
-                  output_tokens_per_s: float | None = None, max_utilization: float = 1.0) -> MonthlyCost:
+                  decode_tokens_per_s: float | None = None, max_utilization: float = 1.0) -> MonthlyCost:
     """Monthly cost of `traffic` on hardware at `usd_per_hour` with the measured throughputs.
 
     Machines are kept up all month (`HOURS_PER_MONTH`); as many as the load needs with each busy at most
-    `max_utilization` of the time (a serving target, e.g. 0.7 to leave headroom for bursts).
+    `max_utilization` of the time (a serving target, e.g. 0.7 to leave headroom for bursts). Output tokens
+    after the first take one decode step each at `decode_tokens_per_s` (the prefill yields the first).
 
     >>> m = usd_per_month(1.0, Traffic(86400, 100), input_tokens_per_s=1000)   # 1 req/s of 100 tokens
     >>> m.instances, round(m.utilization, 3), round(m.usd_per_month, 2)
@@ -159,11 +187,12 @@ def usd_per_month(usd_per_hour: float, traffic: Traffic, input_tokens_per_s: flo
     cap = _check_utilization(max_utilization)
     busy = traffic.requests_per_month * traffic.input_tokens_per_request / _check_positive(
         "input_tokens_per_s", input_tokens_per_s)
-    if traffic.output_tokens_per_request:
-        if output_tokens_per_s is None:
-            raise LeaninferError("the traffic has output tokens: give output_tokens_per_s (a generation result)")
-        busy += traffic.requests_per_month * traffic.output_tokens_per_request / _check_positive(
-            "output_tokens_per_s", output_tokens_per_s)
+    steps = max(traffic.output_tokens_per_request - 1.0, 0.0)
+    if steps:
+        if decode_tokens_per_s is None:
+            raise LeaninferError("the traffic has more than one output token per request: give decode_tokens_per_s "
+                                 "(a generation result)")
+        busy += traffic.requests_per_month * steps / _check_positive("decode_tokens_per_s", decode_tokens_per_s)
     month_s = HOURS_PER_MONTH * SECONDS_PER_HOUR
     instances = max(1, math.ceil(busy / (month_s * cap) - 1e-12))
     return MonthlyCost(

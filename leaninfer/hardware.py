@@ -34,7 +34,22 @@ class LocalHardware:
     gpu_name: str | None = None
     gpu_memory_bytes: int | None = None
     gpu_count: int = 0
+    vendor: str = ""  # /proc/cpuinfo vendor_id, e.g. AuthenticAMD
+    cpu_family: int | None = None
+    cpu_model: int | None = None
+    cpu_mhz: float | None = None  # the highest clock the OS reports (max, else current)
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LocalHardware:
+        """The machine a report recorded (its `to_dict()`), e.g. to re-price a run on another machine."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
+        return cls(**{**known, "isa": tuple(known.get("isa", ()))})
+
+    @property
+    def microarchitecture(self) -> str | None:
+        """The CPU's microarchitecture where its SIMD datapath matters for peaks (see CPU_DATAPATHS)."""
+        return cpu_microarchitecture(self.vendor, self.cpu_family, self.cpu_model, self.isa)
 
     @property
     def int8_isa(self) -> str:
@@ -64,12 +79,13 @@ class LocalHardware:
         d = asdict(self)
         d["isa"] = list(self.isa)
         d["int8_isa"] = self.int8_isa
+        d["microarchitecture"] = self.microarchitecture
         d.pop("extra", None)
         return d
 
 
-def _cpu_info() -> tuple[str, set[str]]:
-    name, flags = platform.processor() or platform.machine(), set()
+def _cpu_info() -> tuple[str, set[str], dict]:
+    name, flags, ids = platform.processor() or platform.machine(), set(), {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -79,15 +95,87 @@ def _cpu_info() -> tuple[str, set[str]]:
                     name = value.strip()
                 elif key in ("flags", "Features") and not flags:
                     flags = set(value.split())
+                elif key in ("vendor_id", "cpu family", "model", "cpu MHz") and key not in ids:
+                    ids[key] = value.strip()
     except OSError:
         pass
-    return name or "unknown CPU", flags
+    return name or "unknown CPU", flags, ids
+
+
+def _int(x) -> int | None:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _max_mhz(ids: dict) -> float | None:
+    try:
+        f = psutil.cpu_freq()
+        if f and (f.max or f.current):
+            return float(f.max or f.current)
+    except Exception:
+        pass
+    try:
+        return float(ids["cpu MHz"])
+    except (KeyError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Peak compute of a CPU: cores x clock x FLOP/cycle, where FLOP/cycle depends on the SIMD datapath width.
+# AVX-512 on Zen 4 is "double pumped": a 512-bit instruction runs on 256-bit units in two passes, so the
+# FP32 peak is that of 2 x 256-bit FMA pipes (32 FLOP/cycle), half of what the ISA flags alone suggest. Zen 5
+# (server parts) has full 512-bit datapaths; Intel Xeons with AVX-512 have two 512-bit FMA units.
+# --------------------------------------------------------------------------------------------------------
+
+# microarchitecture -> (FP32 FLOP/cycle/core, INT8 OP/cycle/core, BF16 FLOP/cycle/core, source)
+CPU_DATAPATHS: dict[str, tuple[int, int, int, str]] = {
+    "zen3": (32, 64, 32, "AMD Zen 3: 2x256-bit FMA, AVX2 (no VNNI: INT8 via vpmaddubsw, 2x FP32)"),
+    "zen4": (32, 128, 64, "AMD Zen 4: AVX-512 executed on 2x256-bit FMA units (half the 512-bit rate); "
+                          "VNNI 4x and AVX512_BF16 2x the FP32 rate"),
+    "zen5": (64, 256, 128, "AMD Zen 5 (server): 2x512-bit FMA units, full-width AVX-512"),
+    "intel-avx512": (64, 256, 128, "Intel Xeon with AVX-512: 2x512-bit FMA units; VNNI 4x, AVX512_BF16 2x FP32"),
+    "intel-amx": (64, 2048, 1024, "Intel Xeon with AMX: 2x512-bit FMA; AMX 2048 INT8 / 1024 BF16 OP per cycle"),
+    "avx2": (32, 64, 32, "AVX2 + FMA: 2x256-bit FMA units"),
+}
+
+
+def cpu_microarchitecture(vendor: str, family: int | None, model: int | None, isa) -> str | None:
+    """The CPU_DATAPATHS key of a CPU from its vendor, family and ISA flags (None when unknown)."""
+    isa = set(isa)
+    if vendor == "AuthenticAMD":
+        if family == 26:
+            return "zen5"
+        if family == 25:
+            return "zen4" if "avx512f" in isa else "zen3"
+    if vendor == "GenuineIntel":
+        if "amx_int8" in isa:
+            return "intel-amx"
+        if "avx512f" in isa:
+            return "intel-avx512"
+    return "avx2" if {"avx2", "fma"} <= isa else None
+
+
+def cpu_peak_tflops(microarchitecture: str | None, cores: int, mhz: float | None) -> dict:
+    """Peak TFLOP/s per precision of `cores` at `mhz`: cores x clock x FLOP/cycle of the datapath.
+
+    A precision the datapath has no fast path for (FP16 on these CPUs) is left out, never filled in.
+
+    >>> cpu_peak_tflops("zen4", 2, 3700)["fp32"]   # c7a.large: 2 cores x 3.7 GHz x 32 FLOP/cycle
+    0.2368
+    """
+    if not mhz or microarchitecture not in CPU_DATAPATHS:
+        return {}
+    fp32, int8, bf16, _ = CPU_DATAPATHS[microarchitecture]
+    hz = mhz * 1e6 * cores
+    return {"fp32": round(fp32 * hz / 1e12, 6), "bf16": round(bf16 * hz / 1e12, 6), "int8": round(int8 * hz / 1e12, 6)}
 
 
 @functools.lru_cache(maxsize=1)
 def detect_local() -> LocalHardware:
     """Describe this machine: CPU name, cores, instruction sets, RAM and the first CUDA GPU, if any."""
-    name, flags = _cpu_info()
+    name, flags, ids = _cpu_info()
     gpu_name = gpu_mem = None
     gpu_count = 0
     try:
@@ -109,6 +197,10 @@ def detect_local() -> LocalHardware:
         gpu_name=gpu_name,
         gpu_memory_bytes=gpu_mem,
         gpu_count=gpu_count,
+        vendor=ids.get("vendor_id", ""),
+        cpu_family=_int(ids.get("cpu family")),
+        cpu_model=_int(ids.get("model")),
+        cpu_mhz=_max_mhz(ids),
         extra={"flags": tuple(sorted(flags))},
     )
 
@@ -144,6 +236,7 @@ class HardwareProfile:
     usd_per_hour: float | None = None
     price_date: str | None = None
     price_source: str | None = None
+    price_estimate: bool = False  # True where the price is not a list price (a typical market price)
     memory_gb: float | None = None
     memory_bandwidth_gb_per_s: float | None = None
     peak_tflops_per_s: dict = field(default_factory=dict)
@@ -184,6 +277,8 @@ class HardwareProfile:
                 raise _profile_error(where, f"peak_tflops_per_s.{k}", f"must be a number > 0, got {v!r}")
             peaks[k] = float(v)
         object.__setattr__(self, "peak_tflops_per_s", peaks)
+        if not isinstance(self.price_estimate, bool):
+            raise _profile_error(where, "price_estimate", f"must be true or false, got {self.price_estimate!r}")
         if self.cores is not None and (isinstance(self.cores, bool) or not isinstance(self.cores, int)
                                        or self.cores < 1):
             raise _profile_error(where, "cores", f"must be an integer >= 1, got {self.cores!r}")
@@ -201,11 +296,9 @@ class HardwareProfile:
         return None if self.memory_gb is None else int(self.memory_gb * 1e9)
 
     def peak_flops_per_s(self, precision: str) -> float | None:
-        """Peak FLOP/s (or OP/s for int8) at `precision`; fp16 and bf16 stand in for each other if one is missing."""
-        p = self.peak_tflops_per_s
-        v = p.get(precision)
-        if v is None and precision in ("fp16", "bf16"):
-            v = p.get("bf16" if precision == "fp16" else "fp16")
+        """Peak FLOP/s (or OP/s for int8) at `precision`; None where the datasheet gives none (a T4 has no
+        BF16 peak: nothing is filled in from FP16)."""
+        v = self.peak_tflops_per_s.get(precision)
         return None if v is None else v * 1e12
 
     def with_price(self, usd_per_hour: float) -> HardwareProfile:
@@ -300,3 +393,8 @@ def get_profile(name: str, user_yaml=None, usd_per_hour: float | None = None) ->
         raise LeaninferError(f"unknown hardware profile {name!r}; valid: {valid_list([LOCAL, *profiles])}")
     p = profiles[name]
     return p.with_price(usd_per_hour) if usd_per_hour is not None else p
+
+
+def hardware_listing(user_yaml=None) -> dict:
+    """What ``leaninfer hardware --json`` prints: every profile (all fields) and this machine."""
+    return {"profiles": [p.to_dict() for p in load_profiles(user_yaml).values()], "local": detect_local().to_dict()}

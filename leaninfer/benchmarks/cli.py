@@ -12,10 +12,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import LeaninferError
-from ..hardware import detect_local, load_profiles
+from ..hardware import detect_local, hardware_listing, load_profiles
+from ..listing import DATA, NAME, TEXT, listing_table, print_listing
 from .forecast import DEFAULT_MAX_UTILIZATION, forecast
 from .report import load_report
 from .runner import BenchConfig, recompute, run_bench
+from .serve_load import run_serve_load, serve_load_config
 from .suites import get_suite
 
 console = Console(stderr=True)
@@ -41,7 +43,8 @@ def register(app: typer.Typer, user_errors) -> None:
     def bench_cmd(
         model: str = _flag("model"),
         variants: str = _flag("variants"),
-        suite: str = typer.Option(None, "--suite", help="cpu-quick, llm-cpu, gpu or tiny: defaults for every flag"),
+        suite: str = typer.Option(None, "--suite", help="cpu-quick, llm-cpu, gpu, tiny, or serve-cpu (served cost "
+                                                                 "against load): defaults for every flag"),
         batch_sizes: str = _flag("batch_sizes"),
         seq_lens: str = _flag("seq_lens"),
         prompt_tokens: int = _flag("prompt_tokens", min=1),
@@ -50,6 +53,8 @@ def register(app: typer.Typer, user_errors) -> None:
         usd_per_hour: float = _flag("usd_per_hour", min=0),
         profiles: Path = _flag("profiles_yaml", "--profiles"),
         project_to: str = _flag("project_to"),
+        include_projected: bool = typer.Option(None, "--include-projected/--measured-only",
+                                               help=BenchConfig.model_fields["include_projected"].description),
         utilization: float = _flag("utilization"),
         max_p95_ms: float = _flag("max_p95_ms"),
         min_cosine: float = _flag("min_cosine"),
@@ -62,16 +67,29 @@ def register(app: typer.Typer, user_errors) -> None:
         min_time_s: float = _flag("min_time_s"),
         out_dir: Path = typer.Option(Path("leaninfer-out/bench"), "--out", help="report folder"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        duration_s: float = typer.Option(None, "--duration-s", min=0.1, help="serve-cpu: seconds per load level"),
+        slo_e2e_ms: float = typer.Option(None, "--slo-e2e-ms", min=0, help="serve-cpu: goodput SLO, end-to-end "
+                                                                           "latency (default per endpoint)"),
+        slo_ttft_ms: float = typer.Option(None, "--slo-ttft-ms", min=0, help="serve-cpu: goodput SLO, time to "
+                                                                             "first token (generation)"),
     ):
         """Measure variants against FP32 (each in a fresh process): latency, throughput, memory, cost, roofline."""
         settings = get_suite(suite) if suite else {}
         given = {"model": model, "variants": _csv(variants), "batch_sizes": batch_sizes, "seq_lens": seq_lens,
                  "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "hardware": hardware,
                  "usd_per_hour": usd_per_hour, "profiles_yaml": str(profiles) if profiles else None,
-                 "project_to": _csv(project_to), "utilization": utilization, "max_p95_ms": max_p95_ms,
+                 "project_to": _csv(project_to), "include_projected": include_projected,
+                 "utilization": utilization, "max_p95_ms": max_p95_ms,
                  "min_cosine": min_cosine, "max_sts_drop": max_sts_drop, "max_ppl_increase_pct": max_ppl_increase_pct,
                  "sts": str(sts) if sts else None, "threads": threads, "device": device, "rounds": rounds,
                  "min_time_s": min_time_s}
+        if "serve_load" in settings:  # cost under load: served variants driven by the load generator
+            others = [f"--{k.replace('_', '-')}" for k, v in given.items()
+                      if v is not None and k not in ("hardware", "usd_per_hour")]
+            _serve_load(serve_load_config(suite, settings, others, hardware=hardware, usd_per_hour=usd_per_hour,
+                                          duration_s=duration_s, slo_e2e_ms=slo_e2e_ms, slo_ttft_ms=slo_ttft_ms),
+                        out_dir, as_json)
+            return
         settings.update({k: v for k, v in given.items() if v is not None})
         if sts is not None and not sts.is_file():
             raise LeaninferError(f"STS file {str(sts)!r} does not exist")
@@ -90,6 +108,18 @@ def register(app: typer.Typer, user_errors) -> None:
         out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
         console.print(f"[green]report[/] {out_dir.resolve() / 'report.md'} (raw samples in report.json)")
 
+    def _serve_load(cfg, out_dir: Path, as_json: bool) -> None:
+        with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as progress:
+            bar = progress.add_task("starting", total=None)
+            report = run_serve_load(cfg, out_dir, on_event=lambda msg: progress.update(bar, description=msg),
+                                    argv=["leaninfer", *sys.argv[1:]])
+        if as_json:
+            print(json.dumps(report, default=str))
+            return
+        out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
+        console.print(f"[green]report[/] {out_dir.resolve() / 'report.md'} (raw samples in report.json)")
+
     @app.command("curves")
     @user_errors
     def curves_cmd(
@@ -100,11 +130,15 @@ def register(app: typer.Typer, user_errors) -> None:
         profiles: Path = _flag("profiles_yaml", "--profiles"),
         utilization: float = _flag("utilization"),
         max_p95_ms: float = _flag("max_p95_ms"),
+        include_projected: bool = typer.Option(None, "--include-projected/--measured-only",
+                                               help=BenchConfig.model_fields["include_projected"].description),
     ):
-        """Redraw the cost curves (and projections, advice) of a bench report with other prices or hardware."""
+        """Redraw the cost curves (and projections, advice) of a bench report with other prices or hardware.
+
+        The measured machine is the one the report recorded, not the one running this command."""
         report = recompute(report_dir, hardware=hardware, usd_per_hour=usd_per_hour, project_to=_csv(project_to),
                            profiles_yaml=str(profiles) if profiles else None, utilization=utilization,
-                           max_p95_ms=max_p95_ms)
+                           max_p95_ms=max_p95_ms, include_projected=include_projected)
         for p in report.get("plots", []):
             out.print(p)
         out.print(report["advice"]["text"])
@@ -119,11 +153,13 @@ def register(app: typer.Typer, user_errors) -> None:
         max_utilization: float = typer.Option(DEFAULT_MAX_UTILIZATION, "--max-utilization",
                                               help="keep each machine at most this busy"),
         max_p95_ms: float = typer.Option(None, "--max-p95-ms"),
+        include_projected: bool = typer.Option(False, "--include-projected",
+                                               help="price the report's projected rows too (labelled)"),
         as_json: bool = typer.Option(False, "--json"),
     ):
         """Monthly cost of a traffic profile for every (variant, hardware) option of a bench report."""
         rows = forecast(load_report(report_dir), requests_per_day, input_tokens, output_tokens,
-                        max_utilization=max_utilization, max_p95_ms=max_p95_ms)
+                        max_utilization=max_utilization, max_p95_ms=max_p95_ms, include_projected=include_projected)
         if as_json:
             print(json.dumps(rows))
             return
@@ -137,18 +173,24 @@ def register(app: typer.Typer, user_errors) -> None:
 
     @app.command("hardware")
     @user_errors
-    def hardware_cmd(profiles: Path = typer.Option(None, "--profiles", help="YAML file with more profiles")):
+    def hardware_cmd(profiles: Path = typer.Option(None, "--profiles", help="YAML file with more profiles"),
+                     as_json: bool = typer.Option(False, "--json", help="print one JSON object: profiles and local")):
         """List the hardware profiles (prices with date and source) and this machine."""
-        t = Table(title="hardware profiles (on-demand prices; check before you buy)")
-        for col in ("name", "kind", "$/hour", "price date", "GB", "GB/s", "TFLOP/s fp32/16/int8", "description"):
-            t.add_column(col)
+        if as_json:
+            print(json.dumps(hardware_listing(profiles), indent=2))
+            return
+        # Names are the values of --hardware: listing_table keeps them whole and wraps the description.
+        t = listing_table("hardware profiles (on-demand prices; check before you buy)",
+                          [("name", NAME), ("kind", DATA), ("$/hour", DATA), ("priced", DATA), ("GB", DATA),
+                           ("GB/s", DATA), ("description; peak TFLOP/s fp32/fp16/int8", TEXT)])
         for p in load_profiles(profiles).values():
             pk = p.peak_tflops_per_s
+            peaks = "/".join(f"{pk[k]:.3g}" if k in pk else "–" for k in ("fp32", "fp16", "int8"))
             t.add_row(p.name, p.kind, f"{p.usd_per_hour:g}" if p.priced else "–", p.price_date or "–",
                       f"{p.memory_gb:g}" if p.memory_gb else "–",
                       f"{p.memory_bandwidth_gb_per_s:g}" if p.memory_bandwidth_gb_per_s else "–",
-                      "/".join(f"{pk[k]:g}" if k in pk else "–" for k in ("fp32", "fp16", "int8")), p.description)
-        out.print(t)
+                      f"{p.description}; [dim]{peaks}[/]")
+        print_listing(out, t)
         hw = detect_local()
         out.print(f"local: {hw.cpu_name}, {hw.physical_cores} cores, INT8 path {hw.int8_isa}, "
                   f"{hw.ram_bytes / 1e9:.1f} GB RAM" + (f", GPU {hw.gpu_name}" if hw.gpu_name else "")

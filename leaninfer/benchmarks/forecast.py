@@ -10,20 +10,22 @@ DEFAULT_MAX_UTILIZATION = 0.7  # headroom for bursts: a machine planned at 100% 
 
 
 def forecast(report: dict, requests_per_day: float, input_tokens: float, output_tokens: float = 0.0, *,
-             max_utilization: float = DEFAULT_MAX_UTILIZATION, max_p95_ms: float | None = None) -> list[dict]:
+             max_utilization: float = DEFAULT_MAX_UTILIZATION, max_p95_ms: float | None = None,
+             include_projected: bool = False) -> list[dict]:
     """One row per (variant, hardware): the batch size giving the lowest monthly bill, cheapest first.
 
-    Throughputs are the report's (measured or labelled projected) at each batch size; a generation report
-    prices input tokens at the prefill rate and output tokens at the decode rate.
+    Throughputs are the report's measured ones at each batch size, and its labelled projected ones only with
+    `include_projected`; a generation report prices input tokens at the prefill rate and each output token
+    after the first at the decode rate.
     """
     traffic = Traffic(requests_per_day, input_tokens, output_tokens)
     best: dict[tuple, dict] = {}
-    for o in options(report):
+    for o in options(report, include_projected):
         if max_p95_ms is not None and (o.p95_ms is None or o.p95_ms > max_p95_ms):
             continue
         if o.kind == "embedding" and output_tokens:
             raise LeaninferError("this is an embedding report: --output-tokens must be 0")
-        m = usd_per_month(o.usd_per_hour, traffic, o.input_tokens_per_s, o.output_tokens_per_s,
+        m = usd_per_month(o.usd_per_hour, traffic, o.input_tokens_per_s, o.decode_tokens_per_s,
                           max_utilization=max_utilization)
         row = {"variant": o.variant, "hardware": o.hardware, "label": o.label, "batch_size": o.batch_size,
                "usd_per_hour": o.usd_per_hour, **m.to_dict()}

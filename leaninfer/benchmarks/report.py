@@ -15,11 +15,10 @@ from pathlib import Path
 
 from ..cost import generation_cost, usd_per_1k_tokens
 from ..errors import LeaninferError
-from ..hardware import get_profile, local_profile
+from ..hardware import LocalHardware, cpu_peak_tflops, get_profile, local_profile
 from ..latency import Latency
 from ..quality import Quality
 from .advice import advise, run_notes
-from .measures import cpu_mhz, estimate_cpu_peak_tflops
 from .plots import plot_cost_curves
 from .projection import PROJECTION_MODEL, projections, result_rooflines
 from .render import to_markdown
@@ -27,7 +26,8 @@ from .render import to_markdown
 SCHEMA_VERSION = 1
 RANDOM_QUALITY = "n/a (random weights)"
 HEADLINE = {"embedding": "usd_per_1k_tokens (all tokens embedded)",
-            "generation": "usd_per_1k_output_tokens (decode time only; input tokens are priced separately)"}
+            "generation": "usd_per_1k_output_tokens (a whole request, prefill included, per 1K output tokens; "
+                          "usd_per_1k_input_tokens and usd_per_1k_decode_tokens are the two phases' rates)"}
 
 
 def _key(r: dict) -> tuple:
@@ -52,10 +52,12 @@ def pool_results(runs: list[dict]) -> list[dict]:
             pre = [s for r in rs for s in r["prefill_samples_s"]]
             itl = [s for r in rs for s in r["itl_samples_s"]]
             rates = [x for r in rs for x in r["decode_tokens_per_s_per_repeat"]]
+            rates = [x for x in rates if x is not None and x == x]  # reports before gen_tokens=1 had NaN here
             ttft = Latency.from_samples(pre)
             r0.update(prefill_samples_s=pre, itl_samples_s=itl, ttft=ttft.to_dict(),
                       inter_token=Latency.from_samples(itl).to_dict() if itl else None,
-                      decode_tokens_per_s_per_repeat=rates, decode_tokens_per_s=statistics.median(rates),
+                      decode_tokens_per_s_per_repeat=rates,
+                      decode_tokens_per_s=statistics.median(rates) if rates else None,
                       input_tokens_per_s=r0["batch_size"] * r0["prompt_tokens"] / (ttft.p50_ms / 1e3),
                       output_tokens_per_s=statistics.median([r["output_tokens_per_s"] for r in rs]),
                       repeats=sum(r["repeats"] for r in rs))
@@ -75,27 +77,46 @@ def quality_summary(quality: dict | None, weights: str, is_baseline: bool) -> st
     return Quality.from_dict(quality).summary()
 
 
+def machine_name(local: dict | None) -> str:
+    """The name measured rows carry: the machine that was measured, as its report recorded it."""
+    if not local:
+        return "local (not yet measured)"
+    name = f"{local.get('cpu_name')}, {local.get('physical_cores')} cores"
+    if local.get("microarchitecture"):
+        name += f" ({local['microarchitecture']})"
+    return f"{name}; GPU {local['gpu_name']}" if local.get("gpu_name") else name
+
+
 def measured_hardware(state: dict, local: dict | None) -> dict:
-    """The profile the measurement is priced with, plus the measured bandwidth and estimated peaks."""
+    """The measured machine (as its measuring process recorded it, not the machine reading the report), the
+    profile that prices it, the measured bandwidth and the peaks of the measured machine."""
     cfg = state["meta"]["config"]
     bw = state.get("bandwidth") or {}
     prof = get_profile(cfg["hardware"], cfg.get("profiles_yaml"), cfg.get("usd_per_hour"))
+    local_hw = LocalHardware.from_dict(local) if local else None
     if cfg["hardware"] == "local":
-        prof = local_profile(cfg.get("usd_per_hour"), bw.get("read_gb_per_s"))
-    bandwidth = bw.get("read_gb_per_s") or prof.memory_bandwidth_gb_per_s
-    peaks, peak_source = dict(prof.peak_tflops_per_s), prof.spec_source
-    if not peaks and local and not str(cfg.get("device", "cpu")).startswith("cuda"):
-        peaks = estimate_cpu_peak_tflops(local.get("isa", ()), cfg.get("threads") or local["physical_cores"], cpu_mhz())
-        peak_source = "estimate: threads x clock x FLOP/cycle of the ISA"
+        prof = local_profile(cfg.get("usd_per_hour"), bw.get("read_gb_per_s"), hw=local_hw)
+    on_gpu = str(cfg.get("device", "cpu")).startswith("cuda")
+    bandwidth = bw.get("read_gb_per_s") or (prof.memory_bandwidth_gb_per_s if on_gpu else None)
+    peaks, peak_source = {}, None
+    if on_gpu and prof.kind == "gpu" and prof.peak_tflops_per_s:
+        peaks, peak_source = dict(prof.peak_tflops_per_s), f"{prof.name}: {prof.spec_source}"
+    elif local and not on_gpu:
+        threads = cfg.get("threads") or local["physical_cores"]
+        peaks = cpu_peak_tflops(local.get("microarchitecture"), threads, local.get("cpu_mhz"))
+        peak_source = (f"estimate: {threads} threads x {local.get('cpu_mhz')} MHz x FLOP/cycle of "
+                       f"{local.get('microarchitecture')}" if peaks else None)
     return {
         "profile": prof.to_dict(),
         "priced": prof.priced,
-        "name": cfg["hardware"],
-        "priced_as": cfg["hardware"] if cfg["hardware"] != "local" else ("local at --usd-per-hour" if prof.priced else None),
+        "name": machine_name(local),
+        "priced_as": (cfg["hardware"] if cfg["hardware"] != "local" else
+                      ("local at --usd-per-hour" if prof.priced else None)),
         "bandwidth_gb_per_s": bandwidth,
-        "bandwidth_source": "measured on this machine" if bw.get("read_gb_per_s") else prof.spec_source,
+        "bandwidth_source": "measured on this machine" if bw.get("read_gb_per_s") else (
+            prof.spec_source if bandwidth else None),
         "peak_tflops_per_s": peaks,
-        "peak_source": peak_source,
+        "peak_source": peak_source or "unknown: no peak for this machine (rooflines say 'unknown')",
         "local": local,
     }
 
@@ -110,7 +131,7 @@ def _cost(kind: str, r: dict, usd_per_hour: float | None, utilization: float) ->
     g = generation_cost(usd_per_hour, r["input_tokens_per_s"], r["decode_tokens_per_s"], r["prompt_tokens"],
                         r["gen_tokens"], utilization)
     return {"usd_per_hour": usd_per_hour, "utilization": utilization, "input_tokens_per_s": r["input_tokens_per_s"],
-            "output_tokens_per_s": r["decode_tokens_per_s"], "usd_per_1k_tokens": g.usd_per_1k_output_tokens,
+            "decode_tokens_per_s": r["decode_tokens_per_s"], "usd_per_1k_tokens": g.usd_per_1k_output_tokens,
             **g.to_dict()}
 
 
@@ -121,7 +142,9 @@ def _ratio_to_fp32(r: dict, b: dict | None) -> dict | None:
         return {"tokens_per_s": r["tokens_per_s"] / b["tokens_per_s"],
                 "p50_latency": r["latency"]["p50_ms"] / b["latency"]["p50_ms"],
                 "p95_latency": r["latency"]["p95_ms"] / b["latency"]["p95_ms"]}
-    return {"decode_tokens_per_s": r["decode_tokens_per_s"] / b["decode_tokens_per_s"],
+    dec = r["decode_tokens_per_s"] / b["decode_tokens_per_s"] if r["decode_tokens_per_s"] and \
+        b["decode_tokens_per_s"] else None
+    return {"decode_tokens_per_s": dec,
             "input_tokens_per_s": r["input_tokens_per_s"] / b["input_tokens_per_s"],
             "output_tokens_per_s": r["output_tokens_per_s"] / b["output_tokens_per_s"],
             "ttft": r["ttft"]["p50_ms"] / b["ttft"]["p50_ms"]}
@@ -145,15 +168,23 @@ def _variant(spec: dict, build: dict | None, runs: list[dict]) -> dict:
         quality = (build or {}).get("quality") or ((r0.get("model") or {}).get("manifest_quality"))
         v.update(status="ok" if len(ok_runs) == len(runs) else "partial", model=m, weights=m["weights"],
                  quality=quality, weight_bytes=r0["weight_bytes"], size_on_disk_bytes=r0.get("size_on_disk_bytes"),
-                 peak_rss_bytes=_median([r.get("peak_rss_bytes") for r in ok_runs]),
-                 rss_after_load_bytes=_median([r.get("rss_after_load_bytes") for r in ok_runs]),
-                 cuda_max_memory_allocated_bytes=r0.get("cuda_max_memory_allocated_bytes"),
+                 memory=_memory(ok_runs),
                  threads=r0["threads"], load_s=r0["load_s"], notes=r0.get("notes", []) + (build or {}).get("notes", []),
                  results=pool_results(ok_runs), processes=[r.get("pid") for r in ok_runs])
         v["quality_summary"] = quality_summary(quality, m["weights"], is_base)
         if any(r.get("status") != "ok" for r in runs):
             v["error"] = next(r.get("error") for r in runs if r.get("status") != "ok")
     return v
+
+
+def _memory(runs: list[dict]) -> dict:
+    """The memory split, median over the measuring processes (see the worker: baseline, model, peak)."""
+    mems = [r.get("memory") or {"model_rss_bytes": r.get("rss_after_load_bytes"),  # reports before the split
+                                 "peak_above_baseline_rss_bytes": r.get("peak_rss_bytes")} for r in runs]
+    keys = [k for k in mems[0] if k != "note"]
+    out = {k: _median([m.get(k) for m in mems]) for k in keys}
+    out["note"] = mems[0].get("note")
+    return out
 
 
 def build_report(state: dict) -> dict:
@@ -169,14 +200,16 @@ def build_report(state: dict) -> dict:
 
     base = next((v for v in variants if v["is_baseline"] and v.get("results")), None)
     base_by_key = {_key(r): r for r in (base or {}).get("results", [])}
+    stat_notes = []
     for v in variants:
         for r in v.get("results", []):
             r["ratio_to_fp32"] = _ratio_to_fp32(r, base_by_key.get(_key(r)))
-            main, prefill = result_rooflines(v, r, hw["bandwidth_gb_per_s"], hw["peak_tflops_per_s"])
-            r["roofline"] = main.to_dict()
-            if prefill is not None:
-                r["roofline_prefill"] = prefill.to_dict()
+            roofs = result_rooflines(v, r, hw["bandwidth_gb_per_s"], hw["peak_tflops_per_s"])
+            r["rooflines"] = {ph: rf.to_dict() for ph, rf in roofs.items()}
+            r["roofline"] = r["rooflines"]["forward" if r["kind"] == "embedding" else "decode"]
             r["cost"] = _cost(r["kind"], r, price, cfg["utilization"])
+            stat_notes += _few_samples(v["name"], r)
+    projected, projection_notes = projections(variants, cfg, hw["name"], hw["priced_as"])
 
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -187,12 +220,24 @@ def build_report(state: dict) -> dict:
         "library_versions": first_ok["library_versions"] if first_ok else None,
         "threads": cfg.get("threads"),
         "variants": variants,
-        "projections": projections(variants, cfg),
+        "projections": projected,
         "projection_model": PROJECTION_MODEL,
-        "notes": run_notes(hw, variants),
+        "notes": run_notes(hw, variants) + projection_notes + stat_notes,
     }
     report["advice"] = advise(report)
     return report
+
+
+def _few_samples(name: str, r: dict) -> list[str]:
+    """A note for each percentile of a result that rests on fewer than 10 samples."""
+    stats = {"latency": r.get("latency"), "TTFT": r.get("ttft"), "inter-token latency": r.get("inter_token")}
+    out = []
+    for what, d in stats.items():
+        if d and d.get("n"):
+            w = Latency(**{k: d.get(k) for k in Latency.__dataclass_fields__}).warning(what)
+            if w:
+                out.append(f"{name} at batch {r['batch_size']}: {w}")
+    return out
 
 
 def _strip(d):

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import LeaninferError
 from ..hardware import detect_local, get_profile
-from ..pipeline import parse_steps
+from ..pipeline import continues_step, parse_steps, split_step_text
 from .report import build_report, load_report, write_report
 
 BASELINE = "fp32"
@@ -36,7 +36,8 @@ class VariantSpec:
     """A variant: `fp32` (the reference as loaded), steps made on the fly, or an artifact directory.
 
     Text form (one item of `--variants`): `fp32`, `int8`, `onnx+ort-int8` (steps joined by '+'),
-    `int8:method=torch-dynamic:exclude=` (parameters after ':'), `name=STEPS` to name it, or a directory.
+    `prune-ffn:ratio=0.3,num_calibration_texts=8` (the `optimize --steps` syntax), `name=STEPS` to name it,
+    or a directory.
     """
 
     name: str
@@ -63,16 +64,7 @@ class VariantSpec:
             if not (p / "leaninfer.json").exists():
                 raise LeaninferError(f"variant directory {text!r} has no leaninfer.json: not a leaninfer artifact")
             return cls(name=name or p.name, artifact=str(p.resolve()))
-        steps = []
-        for part in text.split("+"):
-            step, *params = part.split(":")
-            d = {"step": step.strip()}
-            for kv in params:
-                k, eq, v = kv.partition("=")
-                if not eq:
-                    raise LeaninferError(f"variant {text!r}: parameter {kv!r} must be key=value")
-                d[k.strip()] = v.strip()
-            steps.append(d)
+        steps = split_step_text(text)  # the one step syntax (leaninfer.pipeline), as in optimize --steps
         parse_steps(steps)  # validates step names and parameters now, naming what is valid
         return cls(name=name or text, steps=tuple(steps))
 
@@ -80,9 +72,29 @@ class VariantSpec:
         return {"name": self.name, "steps": list(self.steps), "artifact": self.artifact}
 
 
+def split_variants(value: str | list[str]) -> list[str]:
+    """``--variants`` text (or a list, maybe already split at every comma) -> one text per variant.
+
+    Commas separate variants, and also a step's further parameters (``prune-ffn:ratio=0.3,num_calibration_texts=8``,
+    as in ``optimize --steps``): a ``key=value`` item naming a parameter of the step before it continues that
+    variant; any other item (``fast=int8``: a variant named fast) starts the next one.
+    """
+    out: list[str] = []
+    for item in (t.strip() for t in (value.split(",") if isinstance(value, str) else value)):
+        if item and out and continues_step(_unnamed(out[-1]), item):
+            out[-1] += "," + item
+        elif item:
+            out.append(item)
+    return out
+
+
+def _unnamed(text: str) -> str:
+    head, sep, rest = text.partition("=")
+    return rest if sep and ":" not in head and "+" not in head else text
+
+
 def parse_variants(text: str | list[str]) -> list[VariantSpec]:
-    items = text if isinstance(text, list) else [t for t in text.split(",") if t.strip()]
-    specs = [VariantSpec.parse(t) for t in items]
+    specs = [VariantSpec.parse(t) for t in split_variants(text)]
     if not any(s.is_baseline for s in specs):  # the FP32 baseline is measured in every run
         specs.insert(0, VariantSpec(BASELINE))
     names = [s.name for s in specs]
@@ -143,7 +155,9 @@ class BenchConfig(BaseModel):
                                                "unpriced)")
     usd_per_hour: float | None = Field(None, ge=0, description="price of the measured machine, $/hour")
     profiles_yaml: str | None = Field(None, description="YAML file with more hardware profiles")
-    project_to: list[str] = Field(default_factory=list, description="profiles to project to (roofline scaling)")
+    project_to: list[str] = Field(default_factory=list, description="profiles to project to (a calibrated step "
+                                  "model with a low/high band; labelled projected)")
+    include_projected: bool = Field(False, description="let projected rows compete with measured ones in the advice")
     utilization: float = Field(1.0, gt=0, le=1, description="fraction of the paid hour the hardware is busy")
     max_p95_ms: float | None = Field(None, description="latency objective for the advice")
     # The floors carry quality.Floors' bounds, so the advice's Floors of a validated config always builds.
@@ -172,7 +186,7 @@ class BenchConfig(BaseModel):
     @field_validator("variants", mode="before")
     @classmethod
     def _variant_list(cls, value):
-        return [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        return split_variants(value) if isinstance(value, (str, list)) else value
 
     @field_validator("project_to", mode="before")
     @classmethod

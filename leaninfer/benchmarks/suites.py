@@ -22,10 +22,10 @@ SUITES: dict[str, dict] = {
     },
     # A random-weight GPT-2 small: decode with a KV cache, FP32 vs INT8 paths, batch 1..16.
     "llm-cpu": {
-        "description": "random:gpt2: FP32 vs INT8 (torchao; torch.ao dynamic with and without lm_head); "
-                       "prompt 64, 32 new tokens, batch 1/4/16",
+        "description": "random:gpt2: FP32 vs INT8 (the default, torch.ao dynamic on CPU, with and without lm_head; "
+                       "torchao); prompt 64, 32 new tokens, batch 1/4/16",
         "model": "random:gpt2",
-        "variants": ["fp32", "int8", "int8-dyn=int8:method=torch-dynamic",
+        "variants": ["fp32", "int8", "int8-torchao=int8:method=torchao",
                      "int8-dyn-all=int8:method=torch-dynamic:exclude="],
         "batch_sizes": [1, 4, 16],
         "prompt_tokens": 64,
@@ -44,6 +44,24 @@ SUITES: dict[str, dict] = {
         "gen_tokens": 64,
         "gen_repeats": 3,
         "project_to": ["aws-g4dn.xlarge", "aws-g6.xlarge", "gcp-a2-highgpu-1g", "h100-sxm"],
+    },
+    # Cost under load, measured: each variant served by `leaninfer serve` and driven by the load generator
+    # (leaninfer/benchmarks/serve_load.py), next to the offline bench at the server's max batch size. About 4.5
+    # minutes on 2 cores (measured: offline benches with builds, then 4 served variants); --duration-s: s per level.
+    "serve-cpu": {
+        "description": "served cost against load: minilm FP32 vs onnx+ort-int8 (embeddings, c=1/8/32, 25/75 req/s), "
+                       "random:gpt2 FP32 vs int8 (completions, 32 new tokens, c=1/4/16, 1/3 req/s); offline bench "
+                       "at the max batch size alongside",
+        "serve_load": {
+            "groups": [
+                {"model": "minilm", "variants": ["fp32", "onnx+ort-int8"], "endpoint": "embeddings",
+                 "prompt_tokens": 32, "offline_tokens": 38, "max_batch_size": 32,
+                 "concurrency": [1, 8, 32], "rates": [25, 75], "duration_s": 5},
+                {"model": "random:gpt2", "variants": ["fp32", "int8"], "endpoint": "completions",
+                 "prompt_tokens": 32, "offline_tokens": 38, "max_tokens": 32, "max_batch_size": 16,
+                 "concurrency": [1, 4, 16], "rates": [1, 3], "duration_s": 8},
+            ],
+        },
     },
     # Seconds, for tests and the notebook.
     "tiny": {

@@ -23,7 +23,8 @@ from ..logs import quiet_libraries
 from ..models import load
 from ..pipeline import optimize
 from ..serving.core import GenerationScheduler, GenSequence, SamplingParams
-from .measures import dir_bytes, hwm_bytes, measure_bandwidth, model_shape, reset_peak_rss, rss_bytes
+from .measures import dir_bytes, hwm_bytes, measure_bandwidth, reset_peak_rss, rss_bytes
+from .roofline import model_shape
 
 
 def _set_threads(threads: int) -> None:
@@ -105,8 +106,11 @@ def _timed_repeats(fn, *, warmup: int, min_repeats: int, max_repeats: int, min_t
 def measure_variant(job: dict) -> dict:
     """Load the variant in this fresh process, measure every configuration of the job, return raw samples."""
     import torch
+    import transformers  # noqa: F401  (every handle needs it: its import is baseline, not model memory)
 
     device = job["device"]
+    # Memory split: the process before loading (interpreter, torch, transformers), what loading the model
+    # added, and the peak during load + measurement.
     rss_before = rss_bytes()
     reset_ok = reset_peak_rss()
     if device.startswith("cuda"):
@@ -115,13 +119,13 @@ def measure_variant(job: dict) -> dict:
     model = load(job.get("artifact") or job["model"], device=device)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_bytes()
-    # Parameters used in matmuls per token: embedding tables that are only indexed don't count.
-    matmul_params = max(model.num_parameters() - model.lookup_only_params(), 1)
+    cuda_loaded = int(torch.cuda.memory_allocated()) if device.startswith("cuda") else None
     lookup_bytes = model.lookup_only_bytes()
     weight_bytes = model.weight_bytes()
     out = {
-        "model": {**model.describe(), "state": model.state, "matmul_params": matmul_params,
-                  "lookup_only_bytes": lookup_bytes, "shape": model_shape(model.config)},
+        "model": {**model.describe(), "state": model.state, "matmul_flops_per_token": model.matmul_flops_per_token(),
+                  "lookup_only_bytes": lookup_bytes, "shape": model_shape(model.config),
+                  "steps": (model.manifest or {}).get("steps") or []},
         "load_s": load_s,
         "threads": torch.get_num_threads(),
         "library_versions": library_versions(),
@@ -154,13 +158,21 @@ def measure_variant(job: dict) -> dict:
             for bs in job["batch_sizes"]:
                 out["results"].append(measure_generation(model, bs, job["prompt_tokens"], job["gen_tokens"],
                                                          job["gen_repeats"]))
-    out["rss_after_load_bytes"] = rss_loaded - rss_before
-    out["peak_rss_bytes"] = hwm_bytes() - rss_before if reset_ok else None
-    out["peak_rss_note"] = ("peak RSS of the process during load and measurement minus RSS before loading"
-                            if reset_ok else "peak RSS could not be isolated on this OS")
-    out["weight_bytes"] = weight_bytes
+    peak = hwm_bytes() if reset_ok else None
+    out["memory"] = {
+        "baseline_rss_bytes": rss_before,
+        "model_rss_bytes": rss_loaded - rss_before,
+        "peak_rss_bytes": peak,
+        "peak_above_baseline_rss_bytes": None if peak is None else peak - rss_before,
+        "note": "baseline: the measuring process before loading (Python, torch, transformers imported); model: "
+                "RSS added by loading; peak: the process's highest RSS during load and measurement"
+                + ("" if reset_ok else " (the peak could not be isolated on this OS)"),
+    }
     if device.startswith("cuda"):
-        out["cuda_max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+        out["memory"].update(cuda_allocated_after_load_bytes=cuda_loaded,
+                             cuda_max_allocated_bytes=int(torch.cuda.max_memory_allocated()),
+                             cuda_max_reserved_bytes=int(torch.cuda.max_memory_reserved()))
+    out["weight_bytes"] = weight_bytes
     return out
 
 
@@ -201,7 +213,8 @@ def measure_generation(model, batch: int, prompt_tokens: int, gen_tokens: int, r
         prefill, steps, outputs = one_pass()
         prefills.append(prefill)
         itl.extend(steps)
-        decode_rates.append(batch * len(steps) / sum(steps) if steps else float("nan"))
+        if steps:  # gen_tokens == 1: the prefill gives the only token, there is no decode step
+            decode_rates.append(batch * len(steps) / sum(steps))
         e2e_rates.append(batch * gen_tokens / (prefill + sum(steps)))
     ttft = Latency.from_samples(prefills)
     inter = Latency.from_samples(itl) if itl else None
@@ -211,8 +224,9 @@ def measure_generation(model, batch: int, prompt_tokens: int, gen_tokens: int, r
         "repeats": repeats, "prefill_samples_s": prefills, "itl_samples_s": itl,
         "ttft": ttft.to_dict(), "inter_token": inter.to_dict() if inter else None,
         "input_tokens_per_s": batch * prompt_tokens / (ttft.p50_ms / 1000),
-        "decode_tokens_per_s": statistics.median(decode_rates),
+        "decode_tokens_per_s": statistics.median(decode_rates) if decode_rates else None,
         "decode_tokens_per_s_per_repeat": decode_rates,
+        # End to end (prefill + decode), as the load generator and GuideLLM mean output tokens/s.
         "output_tokens_per_s": statistics.median(e2e_rates),
         "kv_bytes_per_elem": kv_dtype_bytes,
         "mean_context": prompt_tokens + gen_tokens / 2,

@@ -76,6 +76,18 @@ class Model:
         parameter; the torch handle measures its embedding modules."""
         return int(self.lookup_only_params() * self.weight_bytes() / max(self.num_parameters(), 1))
 
+    def matmul_flops_per_token(self) -> dict:
+        """FLOPs per token in the weight matmuls, {"body": ..., "lm_head": ...} (roofline and projections).
+
+        This default counts 2 per parameter a forward reads whole (a runtime graph's initializers); the torch
+        handle reads every layer's shape instead, which also counts quantized layers whose weights are packed.
+        """
+        cfg = self.config
+        hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)
+        head = getattr(cfg, "vocab_size", 0) * hidden if self.task == "causal-lm" else 0
+        params = max(self.num_parameters() - self.lookup_only_params(), 0)
+        return {"body": 2 * max(params - head, 0), "lm_head": 2 * head}
+
     def describe(self) -> dict:
         return {"ref": self.ref, "task": self.task, "backend": self.backend, "precision": self.precision,
                 "weights": self.weights, "num_parameters": self.num_parameters(),

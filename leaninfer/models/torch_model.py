@@ -22,6 +22,7 @@ from .structure_map import apply_structure_map, structure_map
 from .torch_modules import (
     auto_class,
     lookup_only_bytes,
+    matmul_flops_per_token,
     mean_pool_normalize,
     module_weight_bytes,
     retie_embeddings,
@@ -52,6 +53,9 @@ class TorchModel(Model):
 
     def lookup_only_bytes(self) -> int:
         return lookup_only_bytes(self.module)
+
+    def matmul_flops_per_token(self) -> dict:
+        return matmul_flops_per_token(self.module)
 
     def _inputs(self, enc):
         import torch

@@ -77,6 +77,42 @@ def lookup_only_bytes(module) -> int:
                if isinstance(m, torch.nn.Embedding) and (head_w is None or m.weight is not head_w))
 
 
+def matmul_flops_per_token(module) -> dict:
+    """FLOPs one token costs in the module's matmuls, read from each layer's shape: {"body", "lm_head"}.
+
+    2 x in x out per Linear-like layer: ``nn.Linear`` (torchao and bitsandbytes keep it), GPT-2's ``Conv1D``
+    and torch.ao's dynamic quantized ``Linear`` (its weight is packed, not a parameter: its in/out features
+    are read from the module). The output embedding (LM head) is counted apart: a prefill computes it for
+    the last position only. Attention's score and value products are not weights and are not counted here.
+    """
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    body = lm_head = 0
+    for m in module.modules():
+        shape = _linear_shape(m)
+        if shape is None:
+            continue
+        flops = 2 * shape[0] * shape[1]
+        if m is head:
+            lm_head += flops
+        else:
+            body += flops
+    return {"body": body, "lm_head": lm_head}
+
+
+def _linear_shape(m) -> tuple[int, int] | None:
+    """(in, out) features of a Linear-like module, None for anything else."""
+    if type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None:
+        n_in, n_out = m.weight.shape
+        return int(n_in), int(n_out)
+    n_in, n_out = getattr(m, "in_features", None), getattr(m, "out_features", None)
+    # A wrapper that holds a Linear-like child is not counted itself (torch.ao's packed-params child is no
+    # Linear: it has no in/out features).
+    if isinstance(n_in, int) and isinstance(n_out, int) and not any(
+            hasattr(c, "in_features") for c in m.children()):
+        return n_in, n_out
+    return None
+
+
 def auto_class(task: str):
     from transformers import AutoModel, AutoModelForCausalLM
 

@@ -70,3 +70,64 @@ def test_bad_profile_file_names_the_bad_field(tmp_path, entry, field):
     with pytest.raises(LeaninferError) as e:
         load_profiles(f)
     assert repr(field) in str(e.value) and "bad.yaml" in str(e.value)
+
+
+# Vendor figures, written here from the datasheets (dense, no sparsity), TFLOP/s or TOPS, and GB/s.
+VENDOR_PEAKS = {
+    # AWS c7a: AMD EPYC 9R14 (Zen 4) at 3.7 GHz all-core; AVX-512 on 2x256-bit FMA units = 32 FP32 FLOP/cycle:
+    # 2 cores x 3.7e9 x 32 = 0.2368 TFLOP/s; BF16 (AVX512_BF16) 2x, INT8 (VNNI) 4x.
+    "aws-c7a.large": {"fp32": 0.2368, "bf16": 0.4736, "int8": 0.9472},
+    "aws-c7a.2xlarge": {"fp32": 0.9472, "bf16": 1.8944, "int8": 3.7888},
+    # NVIDIA A10G (g5): 31.52 FP32, 70 FP16/BF16 tensor, 140 INT8 (not the A10's 125 / 250)
+    "aws-g5.xlarge": {"fp32": 31.52, "fp16": 70, "bf16": 70, "int8": 140},
+    # NVIDIA T4: 8.1 FP32, 65 FP16 (mixed), 130 INT8; no BF16
+    "aws-g4dn.xlarge": {"fp32": 8.1, "fp16": 65, "int8": 130},
+    # NVIDIA H100 SXM: 67 FP32, 989 FP16/BF16, 1979 INT8; 3.35 TB/s
+    "h100-sxm": {"fp32": 67, "fp16": 989, "bf16": 989, "int8": 1979},
+}
+
+
+@pytest.mark.parametrize("name", sorted(VENDOR_PEAKS))
+def test_peaks_match_vendor_specs(name):
+    assert load_profiles()[name].peak_tflops_per_s == pytest.approx(VENDOR_PEAKS[name])
+
+
+def test_bandwidth_of_gpus():
+    profiles = load_profiles()
+    assert profiles["h100-sxm"].memory_bandwidth_gb_per_s == 3350
+    assert profiles["aws-g5.xlarge"].memory_bandwidth_gb_per_s == 600
+    assert profiles["aws-g4dn.xlarge"].memory_bandwidth_gb_per_s == 320
+
+
+def test_missing_precision_is_not_filled_in():
+    t4 = get_profile("aws-g4dn.xlarge")
+    assert t4.peak_flops_per_s("bf16") is None
+    assert t4.peak_flops_per_s("fp16") == 65e12
+
+
+def test_every_profile_has_price_source_and_date_and_estimates_say_so():
+    for p in load_profiles().values():
+        assert p.price_source and p.price_date, p.name
+        assert p.spec_source, p.name
+    flagged = {p.name for p in load_profiles().values() if p.price_estimate}
+    assert flagged == {"h100-sxm", "h200"}
+
+
+def test_cpu_peaks_follow_the_datapath():
+    from leaninfer.hardware import cpu_microarchitecture, cpu_peak_tflops
+
+    isa = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")
+    assert cpu_microarchitecture("AuthenticAMD", 25, 17, isa) == "zen4"
+    assert cpu_microarchitecture("AuthenticAMD", 26, 2, isa) == "zen5"
+    assert cpu_microarchitecture("AuthenticAMD", 25, 1, ("avx2", "fma")) == "zen3"
+    # 2 cores at 3 GHz: Zen 4 runs AVX-512 at half rate (32 FP32 FLOP/cycle), Zen 5 at full (64)
+    assert cpu_peak_tflops("zen4", 2, 3000) == {"fp32": 0.192, "bf16": 0.384, "int8": 0.768}
+    assert cpu_peak_tflops("zen5", 2, 3000) == {"fp32": 0.384, "bf16": 0.768, "int8": 1.536}
+    assert cpu_peak_tflops(None, 2, 3000) == {} and cpu_peak_tflops("zen4", 2, None) == {}
+
+
+def test_price_estimate_must_be_boolean(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("profiles:\n  - name: x\n    kind: gpu\n    price_estimate: maybe\n")
+    with pytest.raises(LeaninferError, match="price_estimate"):
+        load_profiles(f)

@@ -1,0 +1,269 @@
+"""Cost under load, measured: ``leaninfer bench --suite serve-cpu``.
+
+Design: for every group (a model and its variants) the offline bench runs first (``run_bench``: it builds the
+variants with the optimize job into ``OUT/offline/<model>/variants`` and measures each in a fresh process at the
+batch size the server may reach, ``max_batch_size``). Then each variant is served by ``leaninfer serve`` in its
+own subprocess (``--store none --cache-max-bytes 0``: no ledger, no response cache, so every request reaches the
+model; priced with ``--usd-per-hour``) and driven level by level with the project's load generator
+(``leaninfer.serving.loadgen``: closed-loop concurrency levels, then open-loop Poisson rates). Around each level
+this process reads the server's ``/metrics`` (cost, busy seconds, tokens) and both processes' CPU time, and
+keeps every request's raw sample. ``serve_load_report`` turns the raw levels into the report; nothing measured
+here is derived.
+
+The loop over one level mirrors ``loadgen.run_level`` request for request (the same ``_one``, so TTFT and ITL
+are timed exactly as ``leaninfer load`` times them) but keeps the per-request samples, which ``run_level`` folds
+into percentiles: the report's percentiles, goodput and token counts are recomputed from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import random
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import LeaninferError
+from ..hardware import get_profile
+from ..serving import launch
+from ..serving.launch import stop_server
+from ..serving.loadgen import LoadSpec, _one
+from .runner import BenchConfig, _slug, parse_variants, run_bench
+from .serve_load_report import build_serve_load_report, write_serve_load_report
+
+METRICS = ("leaninfer_cost_usd_total", "leaninfer_engine_busy_seconds_total", "leaninfer_input_tokens_total",
+           "leaninfer_output_tokens_total", "leaninfer_engine_utilization")
+
+
+class ServeGroup(BaseModel):
+    """One model, its variants and its load levels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(..., description="model reference")
+    variants: list[str] = Field(default_factory=lambda: ["fp32"], description="as bench --variants; fp32 added")
+    endpoint: str = Field("embeddings", description="embeddings or completions")
+    prompt_tokens: int = Field(32, ge=1, description="words per prompt (loadgen.make_prompt)")
+    max_tokens: int = Field(32, ge=1, description="completions: new tokens per request (ignore_eos)")
+    max_batch_size: int = Field(32, ge=1, description="serve --max-batch-size; the offline bench's batch size")
+    offline_tokens: int = Field(38, ge=1, description="offline bench: seq_len (embeddings) or prompt_tokens "
+                                                      "(generation), the served prompts' mean length in tokens")
+    concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32], description="closed-loop client counts")
+    rates: list[float] = Field(default_factory=list, description="open-loop Poisson rates, requests/s")
+    duration_s: float = Field(5.0, gt=0, description="seconds per level (in-flight requests then finish)")
+    slo_ttft_ms: float | None = Field(None, gt=0, description="goodput: a request meets the SLO if its TTFT is "
+                                                              "at most this (generation)")
+    slo_e2e_ms: float | None = Field(None, gt=0, description="goodput: ... and its end-to-end latency at most this")
+
+
+class ServeLoadConfig(BaseModel):
+    """The serve-under-load suite's settings (``SUITES['serve-cpu']['serve_load']`` plus the command's flags)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    groups: list[ServeGroup]
+    hardware: str | None = Field(None, description="price the machine as this profile")
+    usd_per_hour: float | None = Field(None, ge=0, description="price of this machine, $/hour (overrides)")
+    default_hardware: str = Field("aws-c7a.large", description="pricing when neither is given (said in the report)")
+    offline_min_time_s: float = Field(1.0, gt=0, description="offline bench: time per configuration")
+    offline_gen_repeats: int = Field(2, ge=1, description="offline bench: generation passes")
+    server_start_timeout_s: float = Field(180.0, gt=0)
+    suite: str | None = None
+
+    def __init__(self, **data):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise LeaninferError("serve-load config: " + "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}, got {err.get('input')!r}"
+                for err in e.errors())) from None
+
+    def price(self) -> tuple[float, str]:
+        """$/hour and what it is: the flag, the named profile, or the suite's default profile (said so)."""
+        if self.usd_per_hour is not None:
+            return self.usd_per_hour, f"--usd-per-hour {self.usd_per_hour:g}"
+        name = self.hardware or self.default_hardware
+        prof = get_profile(name)
+        if prof.usd_per_hour is None:
+            raise LeaninferError(f"hardware profile {name!r} has no price; give --usd-per-hour")
+        how = f"priced as {name}" + ("" if self.hardware else " (the suite's default: pass --hardware or "
+                                                               "--usd-per-hour to price your machine)")
+        return float(prof.usd_per_hour), how
+
+
+# -- the server ---------------------------------------------------------------------------------------------------
+def start_server(ref: str, name: str, price: float, max_batch_size: int, log: Path, timeout_s: float):
+    """``leaninfer serve`` in a subprocess (no ledger, no cache: they aren't what is measured); returns
+    (process, base URL) once /health answers 200."""
+    return launch.start_server([ref, "--name", name, "--store", "none", "--cache-max-bytes", "0",
+                                "--usd-per-hour", repr(price), "--max-batch-size", str(max_batch_size)],
+                               log=log, cwd=log.parent, env={"PYTHONWARNINGS": "ignore"}, timeout_s=timeout_s)
+
+
+def parse_metrics(text: str, model: str) -> dict[str, float]:
+    """The METRICS series of one served model from Prometheus text (0.0 for a series not yet written), and the
+    sum and count of its batch sizes per kind of call (``leaninfer_batch_size_sum:decode``, ...)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = dict.fromkeys(METRICS, 0.0)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.labels.get("model") != model:
+                continue
+            if s.name in out:
+                out[s.name] = float(s.value)
+            elif s.name in ("leaninfer_batch_size_sum", "leaninfer_batch_size_count"):  # rows per model call
+                out[f"{s.name}:{s.labels.get('kind')}"] = float(s.value)
+    return out
+
+
+def _scrape(base: str, model: str) -> dict[str, float]:
+    import httpx
+
+    return parse_metrics(httpx.get(f"{base}/metrics", timeout=30).text, model)
+
+
+# -- one level ----------------------------------------------------------------------------------------------------
+async def drive_level(spec: LoadSpec, mode: str, level: float) -> tuple[list[dict], float]:
+    """One closed-loop (``concurrency``) or Poisson (``rate``) level, as ``loadgen.run_level`` runs it; returns
+    every request's raw sample and the level's wall time (first send to last answer)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    samples = []
+    counter = iter(range(10**9))
+    t0 = time.perf_counter()
+    deadline = t0 + spec.duration_s
+    async with httpx.AsyncClient(timeout=spec.timeout_s, limits=limits) as client:
+        if mode == "concurrency":
+            async def worker():
+                while time.perf_counter() < deadline:
+                    samples.append(await _one(client, spec, next(counter)))
+
+            await asyncio.gather(*(worker() for _ in range(int(level))))
+        else:
+            rng = random.Random(0)
+            tasks = []
+            while time.perf_counter() < deadline:
+                tasks.append(asyncio.ensure_future(_one(client, spec, next(counter))))
+                await asyncio.sleep(rng.expovariate(level))
+            samples = list(await asyncio.gather(*tasks))
+    return [asdict(s) for s in samples], time.perf_counter() - t0
+
+
+def measure_levels(base: str, name: str, group: ServeGroup, server_pid: int,
+                   on_level: Callable[[str], None] | None = None) -> list[dict]:
+    """Every level of ``group`` against a running server, after a warm-up level; raw, one dict per level."""
+    import psutil
+
+    spec = LoadSpec(base_url=f"{base}/v1", model=name, endpoint=group.endpoint, prompt_tokens=group.prompt_tokens,
+                    max_tokens=group.max_tokens, duration_s=group.duration_s, timeout_s=300.0)
+    # Warm-up at the highest concurrency: every batch shape the levels will meet has been run once.
+    warm = LoadSpec(**{**asdict(spec), "duration_s": min(2.0, group.duration_s)})
+    asyncio.run(drive_level(warm, "concurrency", max(group.concurrency or [1])))
+    server = psutil.Process(server_pid)
+    levels = [("concurrency", float(c)) for c in group.concurrency] + [("rate", float(r)) for r in group.rates]
+    out = []
+    for mode, level in levels:
+        if on_level:
+            on_level(f"{name}: {mode} {level:g}")
+        m0, s0, c0 = _scrape(base, name), server.cpu_times(), time.process_time()
+        samples, wall = asyncio.run(drive_level(spec, mode, level))
+        m1, s1, c1 = _scrape(base, name), server.cpu_times(), time.process_time()
+        out.append({"mode": mode, "level": level, "duration_s": wall, "samples": samples,
+                    "metrics_before": m0, "metrics_after": m1,
+                    "server_cpu_s": (s1.user + s1.system) - (s0.user + s0.system), "client_cpu_s": c1 - c0})
+    return out
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def _offline_config(group: ServeGroup, cfg: ServeLoadConfig, price: float) -> BenchConfig:
+    gen = group.endpoint != "embeddings"
+    return BenchConfig(model=group.model, variants=group.variants, batch_sizes=[group.max_batch_size],
+                       seq_lens=[group.offline_tokens], prompt_tokens=group.offline_tokens,
+                       gen_tokens=group.max_tokens, gen_repeats=cfg.offline_gen_repeats,
+                       min_time_s=cfg.offline_min_time_s, usd_per_hour=price,
+                       suite=f"{cfg.suite or 'serve-load'} (offline, {'generation' if gen else 'embeddings'})")
+
+
+def run_serve_load(cfg: ServeLoadConfig, out_dir: str | Path, on_event: Callable[[str], None] | None = None,
+                   argv: list[str] | None = None) -> dict:
+    """Offline bench, then every variant served and driven level by level; returns the report (also written to
+    ``out_dir``: report.md, report.json with every raw sample, cost_under_load.png), rewritten after each variant.
+
+    Example:
+        >>> cfg = ServeLoadConfig(groups=[ServeGroup(model="minilm", variants=["onnx+ort-int8"])], usd_per_hour=0.1)
+        >>> report = run_serve_load(cfg, "serve-load-out")  # doctest: +SKIP
+    """
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    price, priced_as = cfg.price()
+    state: dict = {"meta": {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                            "command": shlex.join(argv if argv is not None else ["leaninfer", *sys.argv[1:]]),
+                            "config": cfg.model_dump(), "usd_per_hour": price, "priced_as": priced_as},
+                   "groups": []}
+
+    def say(msg: str):
+        if on_event:
+            on_event(msg)
+
+    def save():
+        return write_serve_load_report(build_serve_load_report(state), out)
+
+    for group in cfg.groups:
+        specs = parse_variants(group.variants)
+        g = {"group": group.model_dump(), "offline_dir": str(out / "offline" / _slug(group.model)), "served": {}}
+        state["groups"].append(g)
+        say(f"offline bench of {group.model}")
+        offline = run_bench(_offline_config(group, cfg, price), g["offline_dir"],
+                            on_event=lambda label, done, total, m=group.model: say(f"offline {m}: {label}"))
+        g["offline"] = {v["name"]: v for v in offline["variants"]}
+        for s in specs:
+            v = g["offline"].get(s.name, {})
+            ref = group.model if s.is_baseline else (s.artifact or ((v.get("build") or {}).get("artifact")))
+            if not ref:
+                g["served"][s.name] = {"status": "failed", "error": f"no artifact: {v.get('error')}"}
+                save()
+                continue
+            name = _slug(s.name)
+            say(f"serving {group.model} {s.name}")
+            log = out / "raw" / f"serve-{_slug(group.model)}-{name}.log"
+            try:
+                proc, base = start_server(ref, name, price, group.max_batch_size, log, cfg.server_start_timeout_s)
+            except LeaninferError as e:
+                g["served"][s.name] = {"status": "failed", "error": str(e), "reference": ref}
+                save()
+                continue
+            try:
+                levels = measure_levels(base, name, group, proc.pid, on_level=say)
+                g["served"][s.name] = {"status": "ok", "reference": ref, "served_name": name, "levels": levels}
+            except Exception as e:  # a failed variant must not lose the others' measurements
+                g["served"][s.name] = {"status": "failed", "error": f"{type(e).__name__}: {e}", "reference": ref}
+            finally:
+                stop_server(proc)
+            (out / "raw").mkdir(exist_ok=True)
+            (out / "raw" / f"served-{_slug(group.model)}-{name}.json").write_text(json.dumps(g["served"][s.name]))
+            save()
+    state["meta"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return save()
+
+
+def serve_load_config(suite: str, settings: dict, others_given: list[str], **flags) -> ServeLoadConfig:
+    """The config of a serve-load suite (``settings['serve_load']``) with the command's flags applied: ``hardware``,
+    ``usd_per_hour`` and, for every group, ``duration_s``, ``slo_e2e_ms``, ``slo_ttft_ms``. Other bench flags
+    (``others_given``) don't apply to a served run: named in the error."""
+    if others_given:
+        raise LeaninferError(f"--suite {suite} takes its models, variants and levels from the suite; these flags "
+                             f"don't apply to it: {', '.join(others_given)} (valid: --hardware, --usd-per-hour, "
+                             "--duration-s, --slo-e2e-ms, --slo-ttft-ms, --out)")
+    per_group = {k: flags.pop(k) for k in ("duration_s", "slo_e2e_ms", "slo_ttft_ms") if flags.get(k) is not None}
+    groups = [{**g, **per_group} for g in settings["serve_load"]["groups"]]
+    top = {k: v for k, v in settings["serve_load"].items() if k != "groups"}
+    return ServeLoadConfig(groups=groups, suite=suite, **top, **{k: v for k, v in flags.items() if v is not None})

@@ -17,9 +17,10 @@ import asyncio
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import psutil
 
 import leaninfer
 from leaninfer.data import default_texts
+from leaninfer.serving import launch
+from leaninfer.serving.launch import stop_server
 from leaninfer.serving.loadgen import LoadSpec, run_level
 
 
@@ -57,33 +60,40 @@ def offline(texts: list[str], n_batch1: int) -> dict:
 
 
 SERVER_ENV: dict[str, str] = {}  # extra environment of the server process (--server-env)
+# Every level cycles through the same texts, so serve's exact-match response cache would answer most requests
+# without the model: off, so that the model's work is what is measured. The ledger stays at serve's default.
+SERVER_ARGS: list[str] = ["--cache-max-bytes", "0"]
+SERVER_CWD = tempfile.TemporaryDirectory(prefix="serve-vs-offline-")
 
 
-def start_server(port: int, extra: list[str]) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("leaninfer")
-    proc = subprocess.Popen([str(exe), "serve", "minilm", "--port", str(port), *extra],
-                            env={**os.environ, **SERVER_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not start")
+def start_server(port: int, extra: list[str]):
+    proc, _ = launch.start_server(["minilm", *SERVER_ARGS, *extra], port, cwd=SERVER_CWD.name, env=SERVER_ENV,
+                                  timeout_s=120)  # cwd: its ledger file goes there, not into the caller's folder
+    return proc
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def served_wrk(texts: list[str], port: int, extra: list[str], concurrency: int, duration_s: float) -> dict:
+    proc = start_server(port, extra)
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        url, bodies = f"http://127.0.0.1:{port}", [{"model": "minilm", "input": t} for t in texts]
+        launch.run_wrk(url, "/v1/embeddings", bodies, concurrency, 2.0)  # warm-up
+        server = psutil.Process(proc.pid)
+        s0 = server.cpu_times()
+        res = launch.run_wrk(url, "/v1/embeddings", bodies, concurrency, duration_s)
+        s1 = server.cpu_times()
+        dur = res["duration_us"] / 1e6
+        server_cpu = (s1.user + s1.system) - (s0.user + s0.system)
+        return {"server_args": " ".join(extra), "client": "wrk", "requests": res["requests"], "errors": res["errors"],
+                "req_per_s": res["req_per_s"], "e2e_p50_ms": res["p50_us"] / 1e3, "e2e_p95_ms": res["p95_us"] / 1e3,
+                "duration_s": dur, "client_cpu_s": res["client_cpu_s"], "server_cpu_s": server_cpu,
+                "client_cpu_ms_per_req": 1e3 * res["client_cpu_s"] / max(1, res["requests"]),
+                "server_cpu_ms_per_req": 1e3 * server_cpu / max(1, res["requests"])}
+    finally:
+        stop_server(proc)
 
 
 def served(texts: list[str], port: int, extra: list[str], concurrency: int, requests: int) -> dict:
+    """The same level driven by the project's own load generator (``leaninfer load``'s), in this process."""
     proc = start_server(port, extra)
     try:
         spec = LoadSpec(base_url=f"http://127.0.0.1:{port}/v1", model="minilm", requests=requests, texts=texts)
@@ -95,9 +105,11 @@ def served(texts: list[str], port: int, extra: list[str], concurrency: int, requ
         s1, c1 = server.cpu_times(), time.process_time()
         return {"server_args": " ".join(extra), "requests": res.requests, "errors": res.errors,
                 "req_per_s": res.requests_per_s, "e2e_p50_ms": res.e2e.p50_ms, "e2e_p95_ms": res.e2e.p95_ms,
-                "duration_s": res.duration_s,
+                "duration_s": res.duration_s, "client": "loadgen",
                 "client_cpu_s": c1 - c0,
-                "server_cpu_s": (s1.user + s1.system) - (s0.user + s0.system)}
+                "server_cpu_s": (s1.user + s1.system) - (s0.user + s0.system),
+                "client_cpu_ms_per_req": 1e3 * (c1 - c0) / max(1, res.requests),
+                "server_cpu_ms_per_req": 1e3 * ((s1.user + s1.system) - (s0.user + s0.system)) / max(1, res.requests)}
     finally:
         stop_server(proc)
 
@@ -153,6 +165,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--max-wait-ms", type=float, default=None, help="passed to serve (default: serve's)")
     ap.add_argument("--skip-off", action="store_true", help="skip the batching-off level")
+    ap.add_argument("--client", choices=("wrk", "loadgen"), default="wrk" if shutil.which("wrk") else "loadgen",
+                    help="wrk (default where installed: `apt-get install wrk`) or the project's load generator")
+    ap.add_argument("--duration-s", type=float, default=10.0, help="wrk: seconds per served level (after 2 s "
+                                                                     "of warm-up)")
+    ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument of `leaninfer serve` for the batching-on level (repeatable)")
     ap.add_argument("--skip-health", action="store_true")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
@@ -170,11 +188,17 @@ def main() -> None:
     out["offline"] = offline(texts, n_batch1=min(320, len(texts)))
     print(json.dumps(out["offline"]), flush=True)
     on = ["--max-batch-size", "32"] + (["--max-wait-ms", str(a.max_wait_ms)] if a.max_wait_ms is not None else [])
-    out["served_batching_on"] = served(texts, a.port, on, a.concurrency, len(texts))
+    on += a.serve_arg
+
+    def level(args: list[str], requests: int) -> dict:
+        if a.client == "wrk":
+            return served_wrk(texts, a.port, args, a.concurrency, a.duration_s)
+        return served(texts, a.port, args, a.concurrency, requests)
+
+    out["served_batching_on"] = level(on, len(texts))
     print(json.dumps(out["served_batching_on"]), flush=True)
     if not a.skip_off:
-        out["served_batching_off"] = served(texts, a.port, ["--max-batch-size", "1", "--max-wait-ms", "0"],
-                                            a.concurrency, len(texts) // 4)
+        out["served_batching_off"] = level(["--max-batch-size", "1", "--max-wait-ms", "0"], len(texts) // 4)
         print(json.dumps(out["served_batching_off"]), flush=True)
     off = out["offline"]
     on_r = out["served_batching_on"]["req_per_s"]
@@ -182,9 +206,14 @@ def main() -> None:
     out["offline_ceiling"] = off["batch32_texts_per_s"] / off["batch1_texts_per_s"]
     if "served_batching_off" in out:
         out["served_batching_gain"] = on_r / out["served_batching_off"]["req_per_s"]
+        out["gain_over_ceiling"] = out["served_batching_gain"] / out["offline_ceiling"]
     if not a.skip_health:
         out["health"] = health_under_big_request(read_sentences(a.texts), a.port)
     print(json.dumps(out, indent=2))
+    print(f"served {on_r:.0f} req/s = {100 * out['served_over_offline']:.0f}% of offline b32 "
+          f"{off['batch32_texts_per_s']:.0f}; gain " + (f"{out['served_batching_gain']:.2f}x of ceiling "
+          f"{out['offline_ceiling']:.2f}x = {100 * out['gain_over_ceiling']:.0f}%" if "gain_over_ceiling" in out
+                                                        else "-"))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
 

@@ -4,7 +4,7 @@ The HTTP layer tokenizes and formats (on the event loop, or a worker thread for 
 thread only pads, runs the model and samples, so neither waits on the other (PyTorch and ONNX Runtime
 release the GIL while they compute).
 Results cross back to the event loop with ``loop.call_soon_threadsafe`` into each request's own future or
-queue. Cancellation is a flag the engine checks between model calls.
+queue (embeddings: one call per model call, settling all the requests it finished). Cancellation is a flag the engine checks between model calls.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .core import (
     SamplingParams,
     form_embedding_batches,
     split_cost,
+    wait_for_batch,
 )
 from .metrics import ServerMetrics
 from .protocol import OpenAIError
@@ -44,9 +45,13 @@ class BatchingConfig(BaseModel):
 
     max_batch_size: int = Field(32, ge=1, description="most sequences in one model call (embeddings) or one "
                                                       "running batch (generation)")
-    max_wait_ms: float = Field(5.0, ge=0, description="embeddings: how long a batch may wait to fill up")
+    max_wait_ms: float = Field(20.0, ge=0, description="embeddings: how long a free engine may wait for a batch to "
+                                                        "fill up (it stops waiting sooner once arrivals pause)")
     max_batch_tokens: int = Field(16384, ge=1, description="most padded tokens in one embeddings call; "
                                                           "generation: prompt plus max_tokens of a running batch")
+    call_overhead_tokens: int = Field(100, ge=0, description="embeddings: the fixed cost of one model call, in "
+                                                            "padded tokens; a window of queued texts is cut by "
+                                                            "length into the calls of least total cost (core.py)")
     max_queue: int = Field(256, ge=1, description="requests waiting per model beyond this get a 503 with "
                                                   "Retry-After")
     max_queue_tokens: int = Field(65536, ge=1, description="tokens waiting per model (embeddings: inputs' "
@@ -74,6 +79,9 @@ class Meter:
         if self.ttft_s is not None:
             d["time_to_first_token_s"] = round(self.ttft_s, 6)
         return d
+
+
+QUIET_MS = 3.0  # embeddings: a pause in arrivals this long ends the wait for a fuller batch (core.wait_for_batch)
 
 
 def queue_full(name: str, depth: int) -> OpenAIError:
@@ -173,6 +181,7 @@ class EmbeddingEngine(_EngineBase):
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.left = getattr(tok, "padding_side", "right") == "left"
         self._taken: list[EmbedItem] = []  # taken off the queue, not yet answered (failed if the thread dies)
+        self._free_since = 0.0  # when the engine finished its last batch (inf while it runs one)
 
     def pending(self) -> int:
         with self._cv:
@@ -209,14 +218,18 @@ class EmbeddingEngine(_EngineBase):
         return np.stack(job.vectors), meter
 
     def _take(self) -> list[EmbedItem]:
-        """Wait for a batch to fill (or the oldest item to wait ``max_wait_ms``), then take the queue."""
+        """Wait for a batch to fill (see :func:`~leaninfer.serving.core.wait_for_batch`), then take the queue."""
         cfg = self.config
+        max_wait_s = cfg.max_wait_ms / 1000
+        quiet_s = min(QUIET_MS / 1000, max_wait_s)
         with self._cv:
             while not self._stopping:
                 if self.queue.items:
-                    age = time.perf_counter() - self.queue.oldest()
-                    left = cfg.max_wait_ms / 1000 - age
-                    if self.queue.items >= cfg.max_batch_size or left <= 0:
+                    now = time.perf_counter()
+                    start = max(self._free_since, self.queue.oldest())
+                    left = wait_for_batch(now, self.queue.items, cfg.max_batch_size, start, self.queue.newest,
+                                          max_wait_s, quiet_s)
+                    if left <= 0:
                         break
                     self._cv.wait(timeout=left)
                 else:
@@ -232,10 +245,13 @@ class EmbeddingEngine(_EngineBase):
     def _run(self) -> None:
         while not self._stopping:
             taken = [i for i in self._take() if not i.request.cancelled]
-            for batch in form_embedding_batches(taken, self.config.max_batch_size, self.config.max_batch_tokens):
-                self._run_batch([i for i in batch if not i.request.cancelled])
+            self._free_since = float("inf")
+            for batch in form_embedding_batches(taken, self.config.max_batch_size, self.config.max_batch_tokens,
+                                                self.config.call_overhead_tokens):
+                _settle_all(self._run_batch([i for i in batch if not i.request.cancelled]))
             self._in_flight = 0
             self._taken = []
+            self._free_since = time.perf_counter()
 
     def _fail_waiting(self, error: OpenAIError) -> None:
         items, self._taken, self._in_flight = self.queue.take_all() + self._taken, [], 0
@@ -245,9 +261,10 @@ class EmbeddingEngine(_EngineBase):
             except RuntimeError:  # its event loop is closed: nobody is waiting
                 pass
 
-    def _run_batch(self, batch: list[EmbedItem]) -> None:
+    def _run_batch(self, batch: list[EmbedItem]) -> list[tuple[_EmbedJob, Exception | None]]:
+        """Run one model call; return the jobs it finished (with the error that failed them, if any)."""
         if not batch:
-            return
+            return []
         t0 = time.perf_counter()
         for i in batch:
             i.request.started_at = i.request.started_at or t0
@@ -261,21 +278,41 @@ class EmbeddingEngine(_EngineBase):
         self._record_busy(dt)
         self.metrics.batch_size.labels(self.name, "embedding").observe(len(batch))
         shares = split_cost(dt, [len(i.token_ids) for i in batch])
+        done: list[tuple[_EmbedJob, Exception | None]] = []
         for k, (item, share) in enumerate(zip(batch, shares, strict=True)):
             job: _EmbedJob = item.request
             job.busy_s += share
             if error is not None:
-                job.loop.call_soon_threadsafe(_set_exc, job.future, error)
+                done.append((job, error))
                 continue
             job.vectors[item.index] = vecs[k]
             job.remaining -= 1
             if job.remaining == 0:
-                job.loop.call_soon_threadsafe(_set_result, job.future, None)
+                done.append((job, None))
+        return done
 
 
-def _set_result(fut: asyncio.Future, value) -> None:
-    if not fut.done():
-        fut.set_result(value)
+def _settle_all(done: list[tuple[_EmbedJob, Exception | None]]) -> None:
+    """Hand finished jobs to their event loops: one wake-up per loop and batch, not one per request (each
+    ``call_soon_threadsafe`` writes to the loop's self-pipe and wakes it)."""
+    by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list]] = {}
+    for job, exc in done:
+        by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.future, exc))
+    for loop, settled in by_loop.values():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # its event loop is closed: nobody is waiting
+            pass
+
+
+def _settle(settled: list[tuple[asyncio.Future, Exception | None]]) -> None:
+    for fut, exc in settled:
+        if fut.done():
+            continue
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
 
 
 def _set_exc(fut: asyncio.Future, exc: Exception) -> None:

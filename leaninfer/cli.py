@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from . import logs
 from .benchmarks import cli as bench_cli
 from .data import read_texts
 from .demo import run_demo
 from .errors import LeaninferError
 from .evaluate import evaluate
+from .finops import cli as finops_cli
+from .finops import keys_cli
+from .listing import DATA, NAME, TEXT, listing_table, print_listing
 from .logs import quiet_libraries
 from .models import RANDOM_PRESETS, load
 from .pipeline import Floors, Recipe, optimize
@@ -29,7 +35,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Make open models cheaper to run, and prove it with numbers.")
 # Tables are wide: when output is piped (CI logs, `| tee`), don't wrap them at rich's 80-column default.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
-out = Console(width=None if sys.stdout.isatty() else 130)
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 130)  # a set COLUMNS wins
+
+
+@app.callback()
+def main_options(verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="show the libraries' warnings and progress bars and leaninfer's debug log "
+        "(same as LEANINFER_LOG=debug)")):
+    """Make open models cheaper to run, and prove it with numbers."""
+    if verbose:
+        os.environ[logs.ENV] = "debug"  # benchmark children inherit it
+        logs.configure()
 
 
 def user_errors(fn):
@@ -43,6 +59,11 @@ def user_errors(fn):
         except LeaninferError as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(e.exit_code) from None
+        except ValidationError as e:  # a config built from flags: name the flag and what is valid
+            err = e.errors()[0]
+            flag = "--" + str(err["loc"][-1]).replace("_", "-") if err["loc"] else "input"
+            console.print(f"[bold red]error:[/] {flag}: {err['msg']} (got {err.get('input')!r})", highlight=False)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: nothing was written[/]")
             raise typer.Exit(130) from None
@@ -56,25 +77,30 @@ def _csv(value: str | None) -> list[str]:
 
 @app.command("models")
 @user_errors
-def models_cmd():
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="print one JSON object: models and steps")):
     """List the model references and optimization steps leaninfer knows."""
-    t = Table(title="model references")
-    t.add_column("reference")
-    t.add_column("task")
-    t.add_column("what")
-    t.add_row("minilm", "embedding", "all-MiniLM-L6-v2, bundled, real weights, offline")
-    for p in RANDOM_PRESETS.values():
-        t.add_row(f"random:{p.name}", p.task, f"{p.description} (weights: random)")
-    t.add_row("DIR", "as saved", "a leaninfer artifact (has leaninfer.json) or a transformers model directory")
-    t.add_row("owner/name", "inferred", "a Hugging Face id (needs network: set HF_HUB_OFFLINE=0)")
-    out.print(t)
-    s = Table(title="optimization steps")
-    s.add_column("step")
-    s.add_column("starts from")
-    s.add_column("what")
-    for name, cls in sorted(STEPS.items()):
+    refs = [("minilm", "embedding", "all-MiniLM-L6-v2, bundled, real weights, offline")]
+    refs += [(f"random:{p.name}", p.task, f"{p.description} (weights: random)") for p in RANDOM_PRESETS.values()]
+    refs += [("DIR", "as saved", "a leaninfer artifact (has leaninfer.json) or a transformers model directory"),
+             ("owner/name", "inferred", "a Hugging Face id (needs network: set HF_HUB_OFFLINE=0)")]
+    steps = sorted(STEPS.items())
+    if as_json:
+        print(json.dumps({
+            "models": [{"reference": r, "task": t, "description": d} for r, t, d in refs],
+            "steps": [{"step": name, "accepts": list(cls.accepts), "tasks": list(cls.tasks), "summary": cls.summary,
+                       "parameters": {k: {"default": f.default, "description": f.description}
+                                      for k, f in cls.model_fields.items()}}
+                      for name, cls in steps]}, indent=2, default=str))
+        return
+    t = listing_table("model references", [("reference", NAME), ("task", DATA), ("what", TEXT)])
+    for row in refs:
+        t.add_row(*row)
+    print_listing(out, t)
+    s = listing_table("optimization steps (parameters: step:key=value,key=value; see --json)",
+                      [("step", NAME), ("starts from", TEXT), ("what", TEXT)])
+    for name, cls in steps:
         s.add_row(name, ", ".join(cls.accepts), cls.summary)
-    out.print(s)
+    print_listing(out, s)
 
 
 @app.command("optimize")
@@ -182,6 +208,8 @@ def demo_cmd(
 # The benchmark and serving jobs keep their commands with their packages.
 bench_cli.register(app, user_errors)
 serve_cli.register(app, user_errors)
+keys_cli.register(app, user_errors)
+finops_cli.register(app, user_errors)
 
 
 def main() -> None:

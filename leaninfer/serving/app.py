@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..models import Model
 from .drain import InFlight
+from .governance import Governance
 from .metrics import ServerMetrics
 from .protocol import OpenAIError
 from .routes import install_openapi, router
@@ -28,11 +29,15 @@ async def lifespan(app: FastAPI):
     served = app.state.served.values()
     for s in served:
         s.engine.start()
+    if app.state.finops is not None:
+        await app.state.finops.start()
     try:
         yield
     finally:  # SIGTERM: uvicorn stops accepting and waits for open requests; then the engines drain
         app.state.draining = True
         await asyncio.gather(*(asyncio.to_thread(s.engine.stop, app.state.config.drain_timeout_s) for s in served))
+        if app.state.finops is not None:  # after the drain: the last requests' rows are written first
+            await app.state.finops.stop()
 
 
 async def _openai_error(request: Request, exc: OpenAIError):
@@ -70,6 +75,8 @@ def create_app(models: dict[str, Model], config: ServerConfig | None = None) -> 
                   description="OpenAI-compatible serving of leaninfer models, with batching and metering.")
     app.state.config, app.state.metrics, app.state.draining = config, metrics, False
     app.state.served = {s.name: s for s in build_models(models, config, metrics)}
+    app.state.finops = Governance(config.finops, app.state.served, config.usd_per_hour, metrics.registry) \
+        if config.finops.enabled else None
     app.add_exception_handler(OpenAIError, _openai_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

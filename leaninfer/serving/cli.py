@@ -9,16 +9,20 @@ from pathlib import Path
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..data import read_texts
 from ..errors import LeaninferError, valid_list
+from ..finops.config import FinOpsConfig
+from ..finops.stores import DEFAULT_STORE
 from ..hardware import get_profile
 from ..models import load
 from .app import create_app
 from .drain import DrainingServer
 from .engine import BatchingConfig
 from .loadgen import ENDPOINTS, LoadSpec, run_load
+from .ray_serve import RayOptions, require_ray, serve_until_signal
 from .state import ServerConfig
 
 console = Console(stderr=True)
@@ -75,6 +79,29 @@ def register(app: typer.Typer, user_errors) -> None:
         max_request_chars: int = _option(ServerConfig, "max_request_chars", min=1),
         max_request_items: int = _option(ServerConfig, "max_request_items", min=1),
         drain_timeout_s: float = _option(ServerConfig, "drain_timeout_s", min=0),
+        auth: str = _option(FinOpsConfig, "auth"),
+        store: str = typer.Option(DEFAULT_STORE, "--store", help="the keys and ledger: a SQLite file or "
+                                                                 "postgresql://...; 'none': no ledger (no --auth "
+                                                                 "keys, no budgets)"),
+        budget_timezone: str = _option(FinOpsConfig, "budget_timezone"),
+        cache_max_bytes: int = typer.Option(64 * 1024 * 1024, "--cache-max-bytes", min=0,
+                                            help=FinOpsConfig.model_fields["cache_max_bytes"].description),
+        cache_ttl_s: float = _option(FinOpsConfig, "cache_ttl_s", min=0.001),
+        route: list[str] = typer.Option(None, "--route", help=FinOpsConfig.model_fields["routes"].description),
+        alert_webhook: str = typer.Option(None, "--alert-webhook", help="POST spend and budget alerts (JSON) here"),
+        ray: bool = typer.Option(False, "--ray", help="serve on Ray Serve: replicas, each with its own engines, "
+                                                      "behind Ray's HTTP proxy on --host/--port (needs "
+                                                      "leaninfer[ray]; docs/scale-out.md)"),
+        address: str = _option(RayOptions, "address"),
+        replicas: int = _option(RayOptions, "replicas", min=1),
+        min_replicas: int = _option(RayOptions, "min_replicas", min=0),
+        max_replicas: int = _option(RayOptions, "max_replicas", min=1),
+        target_ongoing_requests: float = _option(RayOptions, "target_ongoing_requests", min=0.001),
+        replica_cpus: float = _option(RayOptions, "replica_cpus", min=0.001),
+        replica_gpus: float = _option(RayOptions, "replica_gpus", min=0),
+        max_ongoing_requests: int = _option(RayOptions, "max_ongoing_requests", min=1),
+        max_queued_requests: int = _option(RayOptions, "max_queued_requests", min=-1),
+        replica_metrics_port: int = _option(RayOptions, "replica_metrics_port", min=0, max=65535),
     ):
         """Serve models behind an OpenAI-compatible API with dynamic/continuous batching and metering."""
         import uvicorn
@@ -86,19 +113,45 @@ def register(app: typer.Typer, user_errors) -> None:
         if len(set(names)) != len(names):
             raise LeaninferError(f"served names must be unique, got {valid_list(names)}: use --name")
         price = resolve_usd_per_hour(hardware, usd_per_hour)
-        loaded = {}
-        for n, ref in zip(names, models, strict=True):
-            console.print(f"loading {ref} as {n!r}")
-            loaded[n] = load(ref, device=device)
         batching = BatchingConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                                   max_batch_tokens=max_batch_tokens, max_queue=max_queue,
                                   max_queue_tokens=max_queue_tokens)
         cfg = ServerConfig(batching=batching, usd_per_hour=price, request_timeout_s=request_timeout_s,
                            max_body_bytes=max_body_bytes, max_request_chars=max_request_chars,
-                           max_request_items=max_request_items, drain_timeout_s=drain_timeout_s)
+                           max_request_items=max_request_items, drain_timeout_s=drain_timeout_s,
+                           finops=FinOpsConfig(auth=auth, store=None if store.lower() == "none" else store,
+                                               budget_timezone=budget_timezone, cache_max_bytes=cache_max_bytes,
+                                               cache_ttl_s=cache_ttl_s, routes=list(route or []),
+                                               alert_webhook=alert_webhook))
+        if ray:
+            try:
+                require_ray()
+            except LeaninferError as e:  # printed here: user_errors' rich markup would eat "[ray]"
+                console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+                raise typer.Exit(e.exit_code) from None
+            opts = RayOptions(address=address, replicas=replicas, min_replicas=min_replicas,
+                              max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
+                              replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+                              max_ongoing_requests=max_ongoing_requests, max_queued_requests=max_queued_requests,
+                              replica_metrics_port=replica_metrics_port)
+            console.print(f"deploying {', '.join(names)} on Ray Serve (each replica loads the models)")
+            serve_until_signal(dict(zip(names, models, strict=True)), device, cfg, opts, host, port,
+                               on_ready=lambda: console.print(f"serving on http://{host}:{port}/v1 via Ray Serve; "
+                                                              "Ctrl-C or SIGTERM stops it"))
+            return
+        loaded = {}
+        for n, ref in zip(names, models, strict=True):
+            console.print(f"loading {ref} as {n!r}")
+            loaded[n] = load(ref, device=device)
         app_ = create_app(loaded, cfg)
         console.print(f"serving {', '.join(names)} on http://{host}:{port}/v1  (batch {max_batch_size}, "
                       f"wait {max_wait_ms} ms, ${price}/h)")
+        f = cfg.finops
+        console.print(f"auth: {f.auth}" + (" (open: anyone who can reach this address may use it and nothing "
+                                           "caps their spend; use --auth keys to require keys)" if f.auth == "none"
+                                           else "") + f"; ledger: {f.store or 'off'}; cache: "
+                      + (f"{f.cache_max_bytes} bytes, ttl {f.cache_ttl_s:g} s" if f.cache_max_bytes else "off")
+                      + "".join(f"; route {r}" for r in f.routes))
         server = DrainingServer(uvicorn.Config(app_, host=host, port=port, log_level="warning",
                                                timeout_graceful_shutdown=drain_timeout_s), app_, drain_timeout_s)
         server.run()
@@ -125,6 +178,8 @@ def register(app: typer.Typer, user_errors) -> None:
                                         "instead of --prompt-tokens words"),
         ignore_eos: bool = typer.Option(True, "--ignore-eos/--respect-eos", help="generate exactly max_tokens"),
         timeout_s: float = typer.Option(300.0, "--timeout-s", min=0.1),
+        api_key: str = typer.Option(None, "--api-key", envvar="LEANINFER_API_KEY",
+                                    help="a key for a server run with --auth keys (env LEANINFER_API_KEY)"),
         json_out: Path = typer.Option(None, "--json", help="write the results as JSON here ('-' for stdout)"),
     ):
         """Load-test an OpenAI-compatible server: throughput and TTFT/ITL/e2e percentiles per level."""
@@ -143,7 +198,7 @@ def register(app: typer.Typer, user_errors) -> None:
         spec = LoadSpec(base_url=base_url, model=model, endpoint=endpoint, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens, inputs_per_request=inputs_per_request, requests=requests,
                         texts=read_texts(texts) if texts else None,
-                        duration_s=duration_s, timeout_s=timeout_s, ignore_eos=ignore_eos)
+                        duration_s=duration_s, timeout_s=timeout_s, ignore_eos=ignore_eos, api_key=api_key)
         results = run_load(spec, conc, rates, on_level=lambda r: console.print(
             f"{r.mode} {r.level:g}: {r.requests_per_s:.1f} req/s, {r.errors} errors"))
         if all(r.requests == r.errors for r in results):
@@ -162,7 +217,8 @@ def register(app: typer.Typer, user_errors) -> None:
                       f(r.e2e.p95_ms), f(r.ttft.p50_ms), f(r.ttft.p95_ms), f(r.itl.p50_ms), f(r.itl.p95_ms))
         out.print(t)
         if json_out is not None:
-            doc = json.dumps({"spec": spec.__dict__, "results": [r.to_dict() for r in results]}, indent=2)
+            spec_doc = {**spec.__dict__, "api_key": "<redacted>" if api_key else None}  # never a key on disk
+            doc = json.dumps({"spec": spec_doc, "results": [r.to_dict() for r in results]}, indent=2)
             if str(json_out) == "-":
                 print(doc)
             else:

@@ -1,4 +1,9 @@
-"""Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one server (its own registry, so several apps can live in one process).
+
+Constant labels (``const_labels``, e.g. ``{"replica": ...}`` in each Ray Serve replica) are added to every
+series at render time, FinOps series included (they share the registry), so single-machine ``/metrics`` is
+unchanged when there are none and nothing that observes a metric needs to know about them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServerMetrics:
     """Every series the issue names, labelled by model (and endpoint/status for requests)."""
 
-    def __init__(self):
+    def __init__(self, const_labels: dict[str, str] | None = None):
+        self.const_labels = dict(const_labels or {})
         r = self.registry = CollectorRegistry()
         self.requests = Counter("leaninfer_requests_total", "HTTP requests by model, endpoint and status",
                                 ["model", "endpoint", "status"], registry=r)
@@ -73,5 +79,22 @@ class ServerMetrics:
             self.ttft.labels(model).observe(meter.ttft_s)
         self.cost.labels(model).inc(meter.to_dict()["cost_usd"])
 
+    def collectable(self):
+        """What to hand an exporter (``generate_latest``, ``start_http_server``): the registry, with the
+        constant labels added when there are any."""
+        return _Labelled(self.registry, self.const_labels) if self.const_labels else self.registry
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.collectable())
+
+
+class _Labelled:
+    """A registry's families with constant labels added to every sample (what ``generate_latest`` reads)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        self.registry, self.labels = registry, labels
+
+    def collect(self):
+        for family in self.registry.collect():  # fresh Metric objects on every collect: safe to rewrite
+            family.samples = [s._replace(labels={**self.labels, **s.labels}) for s in family.samples]
+            yield family

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import sys
 import time
 
 from fastapi import APIRouter, Request
@@ -20,8 +21,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from ..errors import LeaninferError
+from ..finops.usage import usage_payload
 from .core import SamplingParams
 from .disconnect import ReleasingStream, until_disconnect
+from .governance import bearer
 from .openai_format import (
     SSE_DONE,
     CompletionFormat,
@@ -43,6 +47,7 @@ from .protocol import (
 )
 from .request_size import check_size, messages_size, text_size
 from .state import ServedModel
+from .ticket import Ticket, close_soon, open_ticket
 
 DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -75,15 +80,21 @@ def _not_served(name: str, served: dict) -> OpenAIError:
                        param="model", code="model_not_found")
 
 
-def lookup(request: Request, name: str, task: str) -> ServedModel:
-    served = request.app.state.served
-    s = served.get(name)
-    if s is None:
+def lookup(request: Request, name: str, task: str, ticket: Ticket | None = None,
+           user: str | None = None) -> tuple[list[ServedModel], str]:
+    """The served models to try for ``name``, best first (one, unless ``name`` is a route), and the route's
+    name ("" for a served name)."""
+    served, gate = request.app.state.served, request.app.state.finops
+    if ticket is not None:
+        ticket.requested(name, user)
+    candidates, route = gate.choose(name, served) if gate is not None else ([served[name]] if name in served
+                                                                            else [], "")
+    if not candidates:
         raise _not_served(name, served)
-    if s.task != task:
-        raise OpenAIError(400, f"model {name!r} is a {s.task} model; this endpoint needs a {task} model",
-                          param="model", code="wrong_task")
-    return s
+    if candidates[0].task != task:
+        raise OpenAIError(400, f"model {name!r} is a {candidates[0].task} model; this endpoint needs a {task} "
+                               "model", param="model", code="wrong_task")
+    return candidates, route
 
 
 # -- keeping the event loop free ---------------------------------------------------------------------------
@@ -106,6 +117,15 @@ def sized(request: Request, size: tuple[int, int], param: str) -> int:
     return size[0]
 
 
+if sys.version_info >= (3, 11):
+    async def within(aw, timeout_s: float):
+        """``aw`` under a deadline (TimeoutError past it), without the extra task ``wait_for`` makes on 3.11."""
+        async with asyncio.timeout(timeout_s):
+            return await aw
+else:  # pragma: no cover - Python 3.10
+    within = asyncio.wait_for
+
+
 # -- running a handler --------------------------------------------------------------------------------------
 async def guarded(request: Request, endpoint: str, handler):
     """Run a handler; count its status; turn timeouts into 504, a client gone while its body was read into a
@@ -124,15 +144,18 @@ async def guarded(request: Request, endpoint: str, handler):
         state.metrics.count_request(model, endpoint, status, err_type)
 
     try:
-        resp = await asyncio.wait_for(handler(ctx), timeout=timeout)
+        resp = await within(handler(ctx), timeout)
     except ClientDisconnect:  # nothing reached an engine, yet the client did hang up: a cancellation too
         count(499, "client_closed_request")
+        await _close(ctx, 499, "client_closed_request")
         raise OpenAIError(499, "client disconnected", code="client_closed_request") from None
     except OpenAIError as e:
         count(e.status, e.type)
+        await _close(ctx, e.status, e.type)
         raise
     except TimeoutError:
         count(504, "timeout")
+        await _close(ctx, 504, "timeout")
         raise OpenAIError(504, f"request not finished within --request-timeout-s {timeout}",
                           type="timeout", code="timeout") from None
     except Exception as e:
@@ -140,11 +163,20 @@ async def guarded(request: Request, endpoint: str, handler):
         # then drops the keep-alive connection.
         log.error("unexpected error in %s", endpoint, exc_info=e)
         count(500, "server_error")
+        await _close(ctx, 500, "server_error")
         raise OpenAIError(500, f"internal error: {type(e).__name__}", type="server_error") from None
+    if not isinstance(resp, StreamingResponse):  # a stream closes its ticket when it ends
+        await _close(ctx, resp.status_code)  # the ledger row is committed before the response leaves
     count(resp.status_code)
     if not isinstance(resp, StreamingResponse):  # a stream observes its own latency when it ends
         state.metrics.e2e.labels(ctx["model"], endpoint).observe(time.perf_counter() - t0)
     return resp
+
+
+async def _close(ctx: dict, status: int, error_type: str | None = None) -> None:
+    ticket = ctx.get("ticket")
+    if ticket is not None:
+        await ticket.close(status, error_type)
 
 
 # Request-body models (and the models they nest) by name, for the OpenAPI's components (install_openapi).
@@ -214,6 +246,23 @@ async def metrics_endpoint(request: Request):
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+@router.get("/v1/usage", responses={401: {"description": "no admin key", "content": _ERROR},
+                                    404: {"description": "this server keeps no ledger", "content": _ERROR}})
+async def usage(request: Request, by: str = "team", period: str | None = None, since: str | None = None,
+                until: str | None = None, tz: str = "UTC"):
+    gate = request.app.state.finops
+    if gate is None or gate.store is None:
+        raise OpenAIError(404, "this server keeps no ledger: start it with --store", code="no_ledger")
+    key = gate.key_for(bearer(request))
+    if key is None or not key.policy.admin:
+        raise OpenAIError(401, "/v1/usage needs an admin key (leaninfer keys create --admin)",
+                          code="invalid_api_key")
+    try:
+        return await asyncio.to_thread(usage_payload, gate.store, by.split(","), period, since, until, tz)
+    except LeaninferError as e:
+        raise OpenAIError(400, str(e), code="invalid_value") from None
+
+
 @router.get("/v1/models")
 async def list_models(request: Request):
     return {"object": "list", "data": [model_card(s.name, s.created, s.info)
@@ -233,19 +282,36 @@ async def get_model(name: str, request: Request):
 @router.post("/v1/embeddings", openapi_extra=_body_doc(EmbeddingRequest))
 async def embeddings(request: Request):
     async def handler(ctx):
+        ticket = ctx["ticket"] = open_ticket(request, "embeddings")
         req = await read_body(request, EmbeddingRequest)
-        s = lookup(request, req.model, "embedding")
-        ctx["model"] = s.name
+        candidates, route = lookup(request, req.model, "embedding", ticket, req.user)
         chars = sized(request, text_size(req.input), "input")
-        tokens = await off_loop_if(chars > OFFLOAD_CHARS, embed_tokens, s, req.input)
-        vectors, meter = await until_disconnect(request, s.engine.embed(tokens))
+        for i, s in enumerate(candidates):  # a route falls back to its next variant when one is overloaded
+            ctx["model"] = s.name
+            tokens = await off_loop_if(chars > OFFLOAD_CHARS, embed_tokens, s, req.input)
+            n_tokens = sum(len(t) for t in tokens)
+            if ticket is not None:
+                await ticket.use(s, route)
+                await ticket.admit(n_tokens, 0)
+                hit = await ticket.cached(req.model_dump(exclude_none=True))
+                if hit is not None:
+                    return Response(await off_loop_if(chars > OFFLOAD_CHARS, json_bytes, hit),
+                                    media_type="application/json")
+            try:
+                vectors, meter = await until_disconnect(request, s.engine.embed(tokens))
+                break
+            except OpenAIError as e:
+                if e.status != 503 or i + 1 == len(candidates):
+                    raise
         dim = vectors.shape[1]
         if req.dimensions is not None and req.dimensions != dim:
             raise OpenAIError(400, f"dimensions={req.dimensions} is not served: {s.name} gives {dim}",
                               param="dimensions", code="invalid_value")
-        n_tokens = sum(len(t) for t in tokens)
         request.app.state.metrics.observe_embedding(s.name, n_tokens, meter)
-        body = embedding_list(s.name, vectors, req.encoding_format, n_tokens, meter.to_dict())
+        extras = ticket.settle(meter, n_tokens, 0) if ticket is not None else meter.to_dict()
+        body = embedding_list(s.name, vectors, req.encoding_format, n_tokens, extras)
+        if ticket is not None:
+            await ticket.remember(body)
         return Response(await off_loop_if(vectors.size > OFFLOAD_FLOATS, json_bytes, body),
                         media_type="application/json")
     return await guarded(request, "embeddings", handler)
@@ -255,11 +321,10 @@ async def embeddings(request: Request):
 @router.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest, stream=True))
 async def completions(request: Request):
     async def handler(ctx):
+        ctx["ticket"] = open_ticket(request, "completions")
         req = await read_body(request, CompletionRequest)
-        s = lookup(request, req.model, "causal-lm")
-        ctx["model"] = s.name
         big = sized(request, text_size(req.prompt), "prompt") > OFFLOAD_CHARS
-        return await _generate(request, s, req, await off_loop_if(big, completion_prompt, s, req.prompt),
+        return await _generate(request, ctx, req, lambda s: off_loop_if(big, completion_prompt, s, req.prompt),
                                chat=False)
     return await guarded(request, "completions", handler)
 
@@ -267,11 +332,11 @@ async def completions(request: Request):
 @router.post("/v1/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest, stream=True))
 async def chat_completions(request: Request):
     async def handler(ctx):
+        ctx["ticket"] = open_ticket(request, "chat.completions")
         req = await read_body(request, ChatCompletionRequest)
-        s = lookup(request, req.model, "causal-lm")
-        ctx["model"] = s.name
         big = sized(request, messages_size(req.messages), "messages") > OFFLOAD_CHARS
-        return await _generate(request, s, req, await off_loop_if(big, chat_prompt, s, req.messages), chat=True)
+        return await _generate(request, ctx, req, lambda s: off_loop_if(big, chat_prompt, s, req.messages),
+                               chat=True)
     return await guarded(request, "chat.completions", handler)
 
 
@@ -298,32 +363,65 @@ def _sampling(s: ServedModel, req, n_prompt: int, chat: bool) -> SamplingParams:
                           logit_bias=logit_bias(s, req.logit_bias))
 
 
-def _finish(request: Request, s: ServedModel, handle, n_prompt: int) -> dict:
-    """Record a finished generation's metrics; return its ``usage``."""
+def _finish(request: Request, s: ServedModel, handle, n_prompt: int, ticket: Ticket | None) -> dict:
+    """Record a finished generation's metrics and settle its cost; return its ``usage``."""
     meter = handle.meter()
     request.app.state.metrics.observe_generation(s.name, n_prompt, handle.seq, meter)
-    return completion_usage(n_prompt, len(handle.seq.output), meter.to_dict())
+    n_out = len(handle.seq.output)
+    extras = ticket.settle(meter, n_prompt, n_out) if ticket is not None else meter.to_dict()
+    return completion_usage(n_prompt, n_out, extras)
 
 
-def _stream_ended(request: Request, s: ServedModel, handle, endpoint: str, outcome: str) -> None:
-    """A stream's response ended (see :class:`ReleasingStream`): free its slot, count a hang-up or a failure."""
+def _settle_unfinished(ticket: Ticket | None, handle, n_prompt: int) -> None:
+    """A generation that ended without its usage (hang-up, timeout, failure) is charged what it spent."""
+    if ticket is not None and ticket.meter is None:
+        ticket.settle(handle.meter(), n_prompt, len(handle.seq.output))
+
+
+def _stream_ended(request: Request, s: ServedModel, handle, endpoint: str, outcome: str, ticket: Ticket | None,
+                  n_prompt: int) -> None:
+    """A stream's response ended (see :class:`ReleasingStream`): free its slot, count a hang-up or a failure,
+    and settle and record it if it ended early."""
     handle.cancel()  # a no-op once the sequence finished; otherwise it leaves the batch at the next step
     metrics = request.app.state.metrics
     if outcome == "cancelled":
         metrics.cancelled.labels(s.name).inc()
     elif outcome == "error":
         metrics.server_errors.labels(endpoint, "500").inc()
+    _settle_unfinished(ticket, handle, n_prompt)
+    close_soon(ticket, 499 if outcome == "cancelled" else 500, "client_closed_request" if outcome == "cancelled"
+               else "server_error")
 
 
-async def _generate(request: Request, s: ServedModel, req, prompt: list[int], chat: bool):
-    # Everything that may raise comes before submit: from submit on, every path must end the sequence.
-    fmt = CompletionFormat(s.name, chat, echo=echo_text(s, req.prompt, prompt) if getattr(req, "echo", 0) else "")
-    handle = s.engine.submit(prompt, _sampling(s, req, len(prompt), chat))
+async def _generate(request: Request, ctx: dict, req, make_prompt, chat: bool):
+    ticket: Ticket | None = ctx["ticket"]
+    candidates, route = lookup(request, req.model, "causal-lm", ticket, req.user)
+    for i, s in enumerate(candidates):  # a route falls back to its next variant when one is overloaded
+        ctx["model"] = s.name
+        prompt = await make_prompt(s)
+        # Everything that may raise comes before submit: from submit on, every path must end the sequence.
+        fmt = CompletionFormat(s.name, chat, echo=echo_text(s, req.prompt, prompt) if getattr(req, "echo", 0)
+                               else "")
+        params = _sampling(s, req, len(prompt), chat)
+        if ticket is not None:
+            await ticket.use(s, route)
+            await ticket.admit(len(prompt), params.max_tokens)
+            hit = await ticket.cached(req.model_dump(exclude_none=True))
+            if hit is not None:
+                return JSONResponse(hit)
+        try:
+            handle = s.engine.submit(prompt, params)
+            break
+        except OpenAIError as e:
+            if e.status != 503 or i + 1 == len(candidates):
+                raise
+    n_prompt = len(prompt)
     if req.stream:
         include_usage = bool((req.stream_options or {}).get("include_usage"))
         endpoint = "chat.completions" if chat else "completions"
-        return ReleasingStream(_stream(request, s, handle, fmt, include_usage, len(prompt)),
-                               on_end=lambda outcome: _stream_ended(request, s, handle, endpoint, outcome),
+        return ReleasingStream(_stream(request, s, handle, fmt, include_usage, n_prompt, ticket),
+                               on_end=lambda outcome: _stream_ended(request, s, handle, endpoint, outcome, ticket,
+                                                                    n_prompt),
                                media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -339,28 +437,39 @@ async def _generate(request: Request, s: ServedModel, req, prompt: list[int], ch
 
     try:
         text, reason = await until_disconnect(request, collect())
-    finally:  # disconnect (counted by guarded, as a 499), timeout or error: stop the sequence
+    except BaseException:  # disconnect (counted by guarded, as a 499), timeout or error: charge its work
+        _settle_unfinished(ticket, handle, n_prompt)
+        raise
+    finally:  # and stop the sequence
         handle.cancel()
-    return JSONResponse(fmt.response(text, reason, _finish(request, s, handle, len(prompt))))
+    body = fmt.response(text, reason, _finish(request, s, handle, n_prompt, ticket))
+    if ticket is not None:
+        await ticket.remember(body)
+    return JSONResponse(body)
 
 
 async def _stream(request: Request, s: ServedModel, handle, fmt: CompletionFormat, include_usage: bool,
-                  n_prompt: int):
-    """The SSE body. Its :class:`ReleasingStream` frees the slot and counts hang-ups, however it ends."""
+                  n_prompt: int, ticket: Ticket | None):
+    """The SSE body. Its :class:`ReleasingStream` frees the slot and counts hang-ups, however it ends; the
+    ledger row of a complete stream is committed before its usage chunk and ``[DONE]`` leave."""
     metrics = request.app.state.metrics
     endpoint = "chat.completions" if fmt.chat else "completions"
+    status, error_type = 200, None
     if fmt.chat or fmt.echo:
         yield fmt.chunk(first=True)
     async for ev in handle:
         if ev.finish_reason == "error":
             metrics.server_errors.labels(endpoint, "500").inc()  # the status line said 200; the error is a 5xx
+            status, error_type = 500, "server_error"
             yield sse(OpenAIError(500, f"generation failed: {ev.error}", type="server_error").body())
             break
         if ev.text:
             yield fmt.chunk(ev.text)
         if ev.finish_reason:
             yield fmt.chunk(None, ev.finish_reason)
-    usage = _finish(request, s, handle, n_prompt)
+    usage = _finish(request, s, handle, n_prompt, ticket)
+    if ticket is not None:
+        await ticket.close(status, error_type)
     if include_usage:
         yield fmt.usage_chunk(usage)
     yield SSE_DONE

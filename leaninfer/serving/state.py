@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..finops.config import FinOpsConfig
 from ..models import Model
 from .engine import BatchingConfig, EmbeddingEngine, GenerationEngine
 from .metrics import ServerMetrics
@@ -39,6 +40,8 @@ class ServerConfig(BaseModel):
                                                                  "more is refused with a 413 before tokenizing")
     max_request_items: int = Field(2048, ge=1, description="inputs of one embeddings request, or messages of one "
                                                            "chat: more is refused with a 400 before tokenizing")
+    finops: FinOpsConfig = Field(default_factory=FinOpsConfig,
+                                 description="keys, ledger, budgets, cache and routes (off by default)")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long open requests may finish (the "
                                                            "listener stays up and /health answers 503) before "
                                                            "the engines stop")

@@ -25,11 +25,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     port = free_port()
+    store = str(tmp_path_factory.mktemp("ledger") / "leaninfer.db")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "leaninfer.cli", "serve", "minilm", "random:tiny-gpt2",
-                             "--port", str(port), "--usd-per-hour", "1.0"], env=env,
+                             "--port", str(port), "--usd-per-hour", "1.0", "--store", store], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

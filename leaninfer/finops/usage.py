@@ -1,0 +1,192 @@
+"""Usage reports from the ledger: spend, tokens, requests, p95 latency and savings, grouped any way a team asks.
+
+The same figures feed ``leaninfer usage`` (table, JSON, CSV) and the server's ``/v1/usage`` admin endpoint
+(:func:`usage_payload`). Money is summed as integer nano-dollars and converted to $ once, at the end, so a
+report of a million tiny requests adds up to the cent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ..errors import LeaninferError, valid_list
+from ..latency import MIN_SAMPLES_FOR_PERCENTILES, percentile
+from .ledger import LedgerRow
+from .money import to_usd
+from .store import Store
+
+# group-by name -> how to read it from a row ("model" is the variant that answered; a request refused
+# before a model was chosen counts under what it asked for)
+GROUPS = {
+    "key_id": lambda r: r.key_id or "",
+    "team": lambda r: r.team,
+    "workflow": lambda r: r.workflow,
+    "model": lambda r: r.served_model or r.requested_model,
+    "endpoint": lambda r: r.endpoint,
+}
+PERIODS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00"}
+
+
+def check_by(by: Sequence[str]) -> list[str]:
+    bad = [b for b in by if b not in GROUPS]
+    if bad:
+        raise LeaninferError(f"unknown group-by {', '.join(repr(b) for b in bad)}; valid: {valid_list(GROUPS)}")
+    if len(set(by)) != len(by):
+        raise LeaninferError(f"group-by names a field twice: {', '.join(by)}")
+    return list(by)
+
+
+def check_period(period: str | None) -> str | None:
+    if period is not None and period not in PERIODS:
+        raise LeaninferError(f"unknown period {period!r}; valid: {valid_list(PERIODS)} (or none)")
+    return period
+
+
+def zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise LeaninferError(f"unknown time zone {tz!r}; give an IANA name such as UTC or Europe/Paris") from None
+
+
+def period_of(t: float, period: str, tz: ZoneInfo) -> str:
+    """The period bucket of unix time ``t`` in ``tz``, e.g. ``2025-03-01`` or ``2025-03-01T14:00``."""
+    return datetime.fromtimestamp(t, tz).strftime(PERIODS[period])
+
+
+def parse_time(value: str | float | None, tz: str = "UTC", what: str = "time") -> float | None:
+    """Unix seconds from an ISO date/time (naive ones are read in ``tz``) or a number of unix seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise LeaninferError(f"{what} {value!r} is not an ISO date or time (e.g. 2025-03-01 or "
+                             f"2025-03-01T14:00:00+00:00) nor unix seconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=zone(tz))
+    return dt.timestamp()
+
+
+class _Group:
+    __slots__ = ("requests", "input_tokens", "output_tokens", "cost_nusd", "latencies", "cache_hits",
+                 "cache_saved_nusd", "routing_saved_nusd", "errors")
+
+    def __init__(self):
+        self.requests = self.input_tokens = self.output_tokens = self.cost_nusd = 0
+        self.cache_hits = self.cache_saved_nusd = self.routing_saved_nusd = self.errors = 0
+        self.latencies: list[float] = []
+
+    def add(self, r: LedgerRow) -> None:
+        self.requests += 1
+        self.input_tokens += r.input_tokens
+        self.output_tokens += r.output_tokens
+        self.cost_nusd += r.cost_nusd
+        self.cache_hits += r.cache == "hit"
+        self.cache_saved_nusd += r.cache_saved_nusd
+        self.routing_saved_nusd += r.routing_saved_nusd
+        if r.status >= 400:
+            self.errors += 1
+        else:  # a refusal's few microseconds say nothing about how long answers take
+            self.latencies.append(r.duration_s)
+
+    def figures(self) -> dict:
+        n = len(self.latencies)
+        return {
+            "requests": self.requests, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "spend_nusd": self.cost_nusd, "spend_usd": to_usd(self.cost_nusd),
+            "p95_latency_s": percentile(self.latencies, 95) if n else None, "latency_n": n,
+            "few_latency_samples": 0 < n < MIN_SAMPLES_FOR_PERCENTILES,
+            "cache_hits": self.cache_hits, "cache_saved_usd": to_usd(self.cache_saved_nusd),
+            "routing_saved_usd": to_usd(self.routing_saved_nusd), "errors": self.errors,
+        }
+
+
+def usage_report(rows: Iterable[LedgerRow], by: Sequence[str] = ("team",), period: str | None = None,
+                 tz: str = "UTC") -> list[dict]:
+    """One dict per group of ``rows``: the ``by`` fields (and ``period``), then the figures.
+
+    Figures: ``requests``, ``input_tokens``, ``output_tokens``, ``spend_usd`` (and the exact ``spend_nusd``),
+    ``p95_latency_s`` over answered requests (status < 400) with ``latency_n`` samples and
+    ``few_latency_samples`` when that is under 10, ``cache_hits``, ``cache_saved_usd``, ``routing_saved_usd``,
+    ``errors`` (status >= 400). Sorted by spend, largest first (within each period, periods in order).
+
+    Example:
+        >>> from leaninfer.finops.ledger import LedgerRow
+        >>> rows = [LedgerRow("r1", 0.0, 0.1, "embeddings", "minilm", team="a", cost_nusd=5),
+        ...         LedgerRow("r2", 0.0, 0.1, "embeddings", "minilm", team="b", cost_nusd=7)]
+        >>> [(g["team"], g["spend_nusd"]) for g in usage_report(rows, by=["team"])]
+        [('b', 7), ('a', 5)]
+    """
+    by = check_by(by)
+    check_period(period)
+    z = zone(tz)
+    groups: dict[tuple, _Group] = {}
+    for r in rows:
+        k = tuple(GROUPS[b](r) for b in by) + ((period_of(r.created_at, period, z),) if period else ())
+        g = groups.get(k)
+        if g is None:
+            g = groups[k] = _Group()
+        g.add(r)
+    names = [*by, "period"] if period else by
+    out = [{**dict(zip(names, k, strict=True)), **g.figures()} for k, g in groups.items()]
+    out.sort(key=lambda d: (d["period"] if period else "", -d["spend_nusd"], *(str(d[b]) for b in by)))
+    return out
+
+
+def totals(rows: Iterable[LedgerRow]) -> dict:
+    """The figures of all ``rows`` together (p95 over all of them, not a sum of groups')."""
+    report = usage_report(rows, by=[])
+    return report[0] if report else _Group().figures()
+
+
+def key_budgets(store: Store) -> list[dict]:
+    """The active keys' $ and token budgets: ``[{"key_id", "team", "usd_day": 5.0, ...}]`` (set ones only)."""
+    out = []
+    for k in store.list_keys():
+        b = {name: limit for name, (_window, limit) in k.policy.budgets().items()}
+        if b:
+            out.append({"key_id": k.key_id, "team": k.policy.team, **b})
+    return out
+
+
+def daily_budgets(store: Store, by: str) -> dict[str, float]:
+    """The $ per day budget of each key (``by="key_id"``) or team (``by="team"``). A team has one only when
+    every active key of it has one (their sum): a team with an unbudgeted key has no cap to draw."""
+    if by not in ("key_id", "team"):
+        raise LeaninferError(f"budgets are per key_id or team, not {by!r}")
+    found: dict[str, float | None] = {}
+    for k in store.list_keys():
+        name = k.key_id if by == "key_id" else k.policy.team
+        day = k.policy.budget_usd_day
+        prev = found.get(name, 0.0)
+        found[name] = None if day is None or prev is None else prev + day
+    return {n: v for n, v in found.items() if v is not None}
+
+
+def usage_payload(store: Store, by: Sequence[str] = ("team",), period: str | None = None,
+                  since: str | float | None = None, until: str | float | None = None, tz: str = "UTC") -> dict:
+    """What ``/v1/usage`` answers (JSON-serializable): the groups, the totals, the keys' budgets.
+
+    ``since``/``until``: ISO dates or times (naive ones in ``tz``) or unix seconds; ``until`` is exclusive.
+    """
+    by = check_by(by)
+    check_period(period)
+    zone(tz)
+    t0, t1 = parse_time(since, tz, "since"), parse_time(until, tz, "until")
+    if t0 is not None and t1 is not None and t1 <= t0:
+        raise LeaninferError(f"until ({until}) must be after since ({since})")
+    rows = store.rows(t0, t1)
+    tot = totals(rows)
+    return {
+        "by": by, "period": period, "tz": tz, "since": t0, "until": t1,
+        "groups": usage_report(rows, by, period, tz), "totals": tot, "budgets": key_budgets(store),
+    }

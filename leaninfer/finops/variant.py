@@ -1,0 +1,30 @@
+"""What identifies a served variant and what its manifest says about it: hash, source, measured quality."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+
+def variant_hash(model) -> str:
+    """16 hex digits naming exactly these weights: an artifact's manifest files (their sha256), or for a
+    reference served as is (``minilm``, ``random:gpt2``), the reference and its state."""
+    manifest = getattr(model, "manifest", None)
+    if manifest and manifest.get("files"):
+        blob = orjson.dumps({n: f["sha256"] for n, f in manifest["files"].items()}, option=orjson.OPT_SORT_KEYS)
+    else:
+        blob = f"{model.ref}|{model.state}".encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def source_ref(model) -> str:
+    """The reference a variant was optimized from (itself for a reference served as is)."""
+    manifest = getattr(model, "manifest", None)
+    return (manifest or {}).get("source", {}).get("ref") or model.ref
+
+
+def measured_quality(model) -> dict | None:
+    """The quality ``optimize`` measured against the source, or None for the source itself."""
+    manifest = getattr(model, "manifest", None)
+    return (manifest or {}).get("quality") if manifest else None

@@ -99,7 +99,7 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def revoke(key_id: str = typer.Argument(..., help="the key's id (leaninfer keys list)"),
                store: str = _store_option()):
-        """Revoke a key: the server refuses it (401) from its next request on."""
+        """Revoke a key: running servers refuse it (401) within a second."""
         s = _existing(store)
         try:
             if not s.revoke_key(key_id, time.time()):

@@ -27,6 +27,9 @@ def window_bounds(window: str, now: float, tz: ZoneInfo) -> tuple[float, float |
     """
     if window == "total":
         return 0.0, None
+    last = _LAST.get((window, tz))
+    if last is not None and last[0] <= now < last[1]:  # every request asks; the answer changes once a day
+        return last
     local = dt.datetime.fromtimestamp(now, tz)
     if window == "day":
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -38,4 +41,8 @@ def window_bounds(window: str, now: float, tz: ZoneInfo) -> tuple[float, float |
         nxt = dt.datetime(y, m, 1, tzinfo=tz)
     else:
         raise ValueError(f"unknown window {window!r}: one of {', '.join(WINDOWS)}")
-    return start.timestamp(), nxt.timestamp()
+    bounds = _LAST[(window, tz)] = (start.timestamp(), nxt.timestamp())
+    return bounds
+
+
+_LAST: dict[tuple[str, ZoneInfo], tuple[float, float]] = {}

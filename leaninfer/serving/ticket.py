@@ -64,8 +64,7 @@ class Ticket:
                              endpoint=endpoint, requested_model="", team=caller.team,
                              key_id=caller.key.key_id if caller.key else None,
                              workflow=request.headers.get(WORKFLOW_HEADER, "")[:MAX_LABEL],
-                             tags=parse_tags(request.headers.get(TAGS_HEADER, "")),
-                             cache="on" if gate.cache is not None else "off")
+                             tags=parse_tags(request.headers.get(TAGS_HEADER, "")))
         self.variant: Variant | None = None
         self.reservation: Reservation | None = None
         self.closed = False
@@ -207,7 +206,7 @@ class Ticket:
         self.closed = True
         r = self.row
         r.status, r.error_class = status, error_type or ""
-        if self.reservation is not None:  # failed or cancelled before settle(): nothing known to be spent
+        if self.reservation is not None:  # the charge settle() worked out; 0 if the request ended before it
             await self.gate.call(self.gate.book.settle, self.reservation, r.cost_nusd, r.charged_tokens)
         r.finished_at = time.time()
         if r.duration_s == 0.0:

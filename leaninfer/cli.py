@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import logs
@@ -57,12 +58,14 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LeaninferError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            # escaped: "[ray]" in a message is text, not markup; soft-wrapped: a long message stays one line
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except ValidationError as e:  # a config built from flags: name the flag and what is valid
             err = e.errors()[0]
             flag = "--" + str(err["loc"][-1]).replace("_", "-") if err["loc"] else "input"
-            console.print(f"[bold red]error:[/] {flag}: {err['msg']} (got {err.get('input')!r})", highlight=False)
+            message = f"{flag}: {err['msg']} (got {err.get('input')!r})"
+            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: nothing was written[/]")

@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 from pydantic import BaseModel
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..data import read_texts
@@ -124,11 +123,7 @@ def register(app: typer.Typer, user_errors) -> None:
                                                cache_ttl_s=cache_ttl_s, routes=list(route or []),
                                                alert_webhook=alert_webhook))
         if ray:
-            try:
-                require_ray()
-            except LeaninferError as e:  # printed here: user_errors' rich markup would eat "[ray]"
-                console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-                raise typer.Exit(e.exit_code) from None
+            require_ray()
             opts = RayOptions(address=address, replicas=replicas, min_replicas=min_replicas,
                               max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
                               replica_cpus=replica_cpus, replica_gpus=replica_gpus,

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-NB = Path(__file__).resolve().parents[2] / "notebooks" / "04_finops.ipynb"
+from ..notebooks import run_notebook
 
 
 @pytest.mark.timeout(600)
 def test_finops_notebook_runs():
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(NB, as_version=4)
-    NotebookClient(nb, timeout=500, kernel_name="python3", resources={"metadata": {"path": str(NB.parent)}}).execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    text = run_notebook("04_finops.ipynb", timeout_s=500)
     assert "without a key: 401" in text
     assert "route embed served by minilm" in text
     assert "repeat: cached=True, cost $0.0" in text

@@ -125,6 +125,15 @@ class Model:
                 out[j] = v
         return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
+    def max_lanes(self) -> int:
+        """How many threads may call this model at once, each on its share of the cores (``share_cores``):
+        1 where the backend runs one call at a time with all of them."""
+        return 1
+
+    def share_cores(self, lanes: int) -> None:
+        """Make the model calls of the calling thread use 1/``lanes`` of the CPU threads, so that ``lanes``
+        threads (at most ``max_lanes()``) can call this model at once without oversubscribing the cores."""
+
     # -- causal LMs -------------------------------------------------------------------------------------
     def logits_batch(self, enc: dict[str, np.ndarray]) -> np.ndarray:
         """float32 logits [batch, seq, vocab] for one tokenized batch."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ class TorchModel(Model):
     def __init__(self, module, **kw):
         super().__init__(**kw)
         self.module = module.eval()
+        _whole_machine_threads()  # read now, in the loading thread, before any lane (share_cores) changes it
 
     def num_parameters(self) -> int:
         if self.manifest and self.manifest.get("num_parameters"):
@@ -56,6 +59,23 @@ class TorchModel(Model):
 
     def matmul_flops_per_token(self) -> dict:
         return matmul_flops_per_token(self.module)
+
+    def max_lanes(self) -> int:
+        return _whole_machine_threads() if str(self.device).startswith("cpu") else 1
+
+    def share_cores(self, lanes: int) -> None:
+        """PyTorch keeps its intra-op thread count per calling thread (OpenMP's per-thread setting, and MKL's
+        thread-local one), so each lane thread sets its own share. ``torch.set_num_threads`` also writes the
+        process-wide default that threads read on their first parallel op; a short-lived thread puts that
+        back, so threads that start later (another model's engine, say) get the whole machine as before."""
+        import torch
+
+        whole = _whole_machine_threads()
+        torch.get_num_threads()  # this thread's lazy first-use setup, which would overwrite the setting below
+        torch.set_num_threads(max(1, whole // max(1, min(lanes, whole))))
+        restore = threading.Thread(target=_set_default_threads, args=(whole,), name="leaninfer-threads")
+        restore.start()
+        restore.join()
 
     def _inputs(self, enc):
         import torch
@@ -142,6 +162,21 @@ def max_seq_length(path: Path | None, tokenizer, config) -> int:
     limits.append(getattr(tokenizer, "model_max_length", None))
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
     return min(limits) if limits else 512
+
+
+@cache
+def _whole_machine_threads() -> int:
+    """PyTorch's intra-op thread count for the whole machine, as the first model handle found it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _set_default_threads(n: int) -> None:
+    import torch
+
+    torch.get_num_threads()
+    torch.set_num_threads(n)
 
 
 def load_random(preset: RandomPreset, *, device: str, dtype: str | None) -> TorchModel:

@@ -1,0 +1,80 @@
+"""Embedding lanes: several model calls at once, each on its share of the cores, metered at that share."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from .conftest import app_client
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _threads_now() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_share_cores_sets_the_calling_thread_only(minilm):
+    whole = minilm.max_lanes()
+    if whole < 2:
+        pytest.skip("one CPU thread: nothing to share")
+    seen = {}
+
+    def lane():
+        minilm.share_cores(2)
+        seen["lane"] = _threads_now()
+
+    t = threading.Thread(target=lane)
+    t.start()
+    t.join()
+    later = threading.Thread(target=lambda: seen.update(later=_threads_now()))
+    later.start()
+    later.join()
+    assert seen == {"lane": whole // 2, "later": whole}
+    assert _threads_now() == whole
+
+
+def test_two_lanes_run_two_calls_at_once_same_vectors_metered_at_their_share(minilm, monkeypatch):
+    if minilm.max_lanes() < 2:
+        pytest.skip("one CPU thread: one lane")
+    texts = ["A man is playing a guitar.", "Two dogs run across the snow.", "A woman slices an onion.",
+             "The stock market fell sharply today."]
+    expected = minilm.embed(texts)
+    meet = threading.Barrier(2, timeout=30)  # broken (an error) unless two calls are inside at the same time
+    calls: list[str] = []
+    real = minilm.embed_batch
+
+    def embed_batch(enc):
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            meet.wait()
+            time.sleep(0.5)  # both inside for 0.5 s: metered at 2 x 0.5 / 2 lanes, not 2 x 0.5
+        return real(enc)
+
+    monkeypatch.setattr(minilm, "embed_batch", embed_batch)
+
+    async def main():
+        async with app_client({"minilm": minilm}, max_batch_size=1, lanes=2) as c:
+            engine = c.app.state.served["minilm"].engine
+            assert engine.lanes == 2
+            busy = engine.metrics.busy_seconds.labels("minilm")
+            b0, t0 = busy._value.get(), time.perf_counter()
+            first = await asyncio.gather(*(c.post("/v1/embeddings", json={"model": "minilm", "input": t})
+                                           for t in texts[:2]))
+            wall, metered = time.perf_counter() - t0, busy._value.get() - b0
+            rest = await asyncio.gather(*(c.post("/v1/embeddings", json={"model": "minilm", "input": t})
+                                          for t in texts[2:]))
+        return first + rest, wall, metered
+
+    responses, wall, metered = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200] * 4
+    got = np.array([r.json()["data"][0]["embedding"] for r in responses], dtype=np.float32)
+    assert np.allclose(got, expected, atol=1e-5)
+    assert {name.rsplit("-", 1)[-1] for name in calls[:2]} == {"minilm", "1"}  # one call on each lane
+    assert 0.5 <= metered <= wall  # two calls of >= 0.5 s at once: the machine's time, not twice it

@@ -2,12 +2,18 @@
 
     flock /tmp/cpu.lock .venv/bin/python scripts/serve_vs_offline.py --texts /path/to/stsb-en-dev.csv
 
-Offline: ``model.embed(texts, batch_size=32)`` and ``batch_size=1`` in this process, median of 3. Served:
-``leaninfer serve minilm`` in a subprocess, driven by the project's load generator (one text per request,
-closed loop, 32 clients) from this process, with batching on and off. The client shares the machine's cores
-with the server, so its own CPU time (and the server's) is measured and printed next to the throughput.
-Then the event-loop check: ``/health`` probed every 20 ms while the largest request the server takes
-(``--max-body-bytes`` of embeddings input) is processed; its p50/p99/max latency is printed.
+Two servers start first and stay up: ``leaninfer serve minilm`` with batching on (serve's defaults, response
+cache off) and with batching off (``--max-batch-size 1 --max-wait-ms 0 --lanes 1``: one text per model call,
+one call at a time, as offline batch 1). Then ``--rounds`` rounds, each:
+offline ``model.embed(texts, batch_size=32)`` and ``batch_size=1`` in this process, then each server driven
+for ``--duration-s`` by a closed loop of 32 clients (wrk where installed, else the project's load generator),
+one text per request. A round's ratios compare figures measured seconds apart, so a shared VM's drift (±20%
+between minutes, seen here) moves both sides of a ratio alike; the summary is the median over rounds. A
+server that is not being driven is idle (its engine waits on a condition), so it costs the other
+measurements nothing. The client shares the machine's cores with the server, so its own CPU time (and the
+server's) is measured and printed next to the throughput. Then the event-loop check: ``/health`` probed
+every 20 ms while the largest request the server takes (``--max-body-bytes`` of embeddings input) is
+processed; its p50/p99/max latency is printed.
 """
 
 from __future__ import annotations
@@ -43,20 +49,14 @@ def read_sentences(path: str | None) -> list[str]:
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def offline(texts: list[str], n_batch1: int) -> dict:
-    m = leaninfer.load("minilm")
-    m.embed(texts[:64], batch_size=32)  # warm-up
-    b32 = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        m.embed(texts, batch_size=32)
-        b32.append(len(texts) / (time.perf_counter() - t0))
-    b1 = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        m.embed(texts[:n_batch1], batch_size=1)
-        b1.append(n_batch1 / (time.perf_counter() - t0))
-    return {"batch32_texts_per_s": statistics.median(b32), "batch1_texts_per_s": statistics.median(b1)}
+def offline_round(model, texts: list[str], n_batch1: int) -> dict:
+    """One pass of offline ``embed`` at batch 32 over ``texts`` and at batch 1 over the first ``n_batch1``."""
+    t0 = time.perf_counter()
+    model.embed(texts, batch_size=32)
+    b32 = len(texts) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    model.embed(texts[:n_batch1], batch_size=1)
+    return {"batch32_texts_per_s": b32, "batch1_texts_per_s": n_batch1 / (time.perf_counter() - t0)}
 
 
 SERVER_ENV: dict[str, str] = {}  # extra environment of the server process (--server-env)
@@ -72,46 +72,28 @@ def start_server(port: int, extra: list[str]):
     return proc
 
 
-def served_wrk(texts: list[str], port: int, extra: list[str], concurrency: int, duration_s: float) -> dict:
-    proc = start_server(port, extra)
-    try:
-        url, bodies = f"http://127.0.0.1:{port}", [{"model": "minilm", "input": t} for t in texts]
-        launch.run_wrk(url, "/v1/embeddings", bodies, concurrency, 2.0)  # warm-up
-        server = psutil.Process(proc.pid)
-        s0 = server.cpu_times()
-        res = launch.run_wrk(url, "/v1/embeddings", bodies, concurrency, duration_s)
-        s1 = server.cpu_times()
-        dur = res["duration_us"] / 1e6
-        server_cpu = (s1.user + s1.system) - (s0.user + s0.system)
-        return {"server_args": " ".join(extra), "client": "wrk", "requests": res["requests"], "errors": res["errors"],
-                "req_per_s": res["req_per_s"], "e2e_p50_ms": res["p50_us"] / 1e3, "e2e_p95_ms": res["p95_us"] / 1e3,
-                "duration_s": dur, "client_cpu_s": res["client_cpu_s"], "server_cpu_s": server_cpu,
-                "client_cpu_ms_per_req": 1e3 * res["client_cpu_s"] / max(1, res["requests"]),
-                "server_cpu_ms_per_req": 1e3 * server_cpu / max(1, res["requests"])}
-    finally:
-        stop_server(proc)
-
-
-def served(texts: list[str], port: int, extra: list[str], concurrency: int, requests: int) -> dict:
-    """The same level driven by the project's own load generator (``leaninfer load``'s), in this process."""
-    proc = start_server(port, extra)
-    try:
-        spec = LoadSpec(base_url=f"http://127.0.0.1:{port}/v1", model="minilm", requests=requests, texts=texts)
-        warm = LoadSpec(**{**spec.__dict__, "requests": 2 * concurrency})
-        asyncio.run(run_level(warm, "concurrency", concurrency))
-        server = psutil.Process(proc.pid)
-        s0, c0 = server.cpu_times(), time.process_time()
+def drive(proc, port: int, texts: list[str], client: str, concurrency: int, duration_s: float) -> dict:
+    """One closed-loop level against a running server: throughput, latency, and both sides' CPU time."""
+    server = psutil.Process(proc.pid)
+    s0 = server.cpu_times()
+    if client == "wrk":
+        res = launch.run_wrk(f"http://127.0.0.1:{port}", "/v1/embeddings",
+                             [{"model": "minilm", "input": t} for t in texts], concurrency, duration_s)
+        out = {"requests": res["requests"], "errors": res["errors"], "req_per_s": res["req_per_s"],
+               "e2e_p50_ms": res["p50_us"] / 1e3, "e2e_p95_ms": res["p95_us"] / 1e3,
+               "duration_s": res["duration_us"] / 1e6, "client_cpu_s": res["client_cpu_s"]}
+    else:  # the project's own load generator (``leaninfer load``'s), in this process
+        spec = LoadSpec(base_url=f"http://127.0.0.1:{port}/v1", model="minilm", duration_s=duration_s, texts=texts)
+        c0 = time.process_time()
         res = asyncio.run(run_level(spec, "concurrency", concurrency))
-        s1, c1 = server.cpu_times(), time.process_time()
-        return {"server_args": " ".join(extra), "requests": res.requests, "errors": res.errors,
-                "req_per_s": res.requests_per_s, "e2e_p50_ms": res.e2e.p50_ms, "e2e_p95_ms": res.e2e.p95_ms,
-                "duration_s": res.duration_s, "client": "loadgen",
-                "client_cpu_s": c1 - c0,
-                "server_cpu_s": (s1.user + s1.system) - (s0.user + s0.system),
-                "client_cpu_ms_per_req": 1e3 * (c1 - c0) / max(1, res.requests),
-                "server_cpu_ms_per_req": 1e3 * ((s1.user + s1.system) - (s0.user + s0.system)) / max(1, res.requests)}
-    finally:
-        stop_server(proc)
+        out = {"requests": res.requests, "errors": res.errors, "req_per_s": res.requests_per_s,
+               "e2e_p50_ms": res.e2e.p50_ms, "e2e_p95_ms": res.e2e.p95_ms, "duration_s": res.duration_s,
+               "client_cpu_s": time.process_time() - c0}
+    s1 = server.cpu_times()
+    out["server_cpu_s"] = (s1.user + s1.system) - (s0.user + s0.system)
+    n = max(1, out["requests"])
+    return out | {"client": client, "client_cpu_ms_per_req": 1e3 * out["client_cpu_s"] / n,
+                  "server_cpu_ms_per_req": 1e3 * out["server_cpu_s"] / n}
 
 
 async def _probe_health(base: str, big_body: bytes, period_s: float = 0.02) -> dict:
@@ -167,8 +149,8 @@ def main() -> None:
     ap.add_argument("--skip-off", action="store_true", help="skip the batching-off level")
     ap.add_argument("--client", choices=("wrk", "loadgen"), default="wrk" if shutil.which("wrk") else "loadgen",
                     help="wrk (default where installed: `apt-get install wrk`) or the project's load generator")
-    ap.add_argument("--duration-s", type=float, default=10.0, help="wrk: seconds per served level (after 2 s "
-                                                                     "of warm-up)")
+    ap.add_argument("--duration-s", type=float, default=10.0, help="seconds per served level")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of offline + served, interleaved")
     ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                     help="extra argument of `leaninfer serve` for the batching-on level (repeatable)")
     ap.add_argument("--skip-health", action="store_true")
@@ -185,35 +167,53 @@ def main() -> None:
         "nproc": os.cpu_count(), "texts": a.texts or "bundled", "n_texts": len(texts), "server_env": SERVER_ENV,
         "versions": {"leaninfer": leaninfer.__version__ if hasattr(leaninfer, "__version__") else "?",
                      "torch": __import__("torch").__version__}}
-    out["offline"] = offline(texts, n_batch1=min(320, len(texts)))
-    print(json.dumps(out["offline"]), flush=True)
     on = ["--max-batch-size", "32"] + (["--max-wait-ms", str(a.max_wait_ms)] if a.max_wait_ms is not None else [])
-    on += a.serve_arg
-
-    def level(args: list[str], requests: int) -> dict:
-        if a.client == "wrk":
-            return served_wrk(texts, a.port, args, a.concurrency, a.duration_s)
-        return served(texts, a.port, args, a.concurrency, requests)
-
-    out["served_batching_on"] = level(on, len(texts))
-    print(json.dumps(out["served_batching_on"]), flush=True)
+    servers = {"on": (start_server(a.port, on + a.serve_arg), a.port, on + a.serve_arg)}
     if not a.skip_off:
-        out["served_batching_off"] = level(["--max-batch-size", "1", "--max-wait-ms", "0"], len(texts) // 4)
-        print(json.dumps(out["served_batching_off"]), flush=True)
-    off = out["offline"]
-    on_r = out["served_batching_on"]["req_per_s"]
-    out["served_over_offline"] = on_r / off["batch32_texts_per_s"]
-    out["offline_ceiling"] = off["batch32_texts_per_s"] / off["batch1_texts_per_s"]
-    if "served_batching_off" in out:
-        out["served_batching_gain"] = on_r / out["served_batching_off"]["req_per_s"]
-        out["gain_over_ceiling"] = out["served_batching_gain"] / out["offline_ceiling"]
+        off_args = ["--max-batch-size", "1", "--max-wait-ms", "0", "--lanes", "1"]  # as offline batch 1
+        servers["off"] = (start_server(a.port + 1, off_args + ["--store", "ledger-batching-off.db"]), a.port + 1,
+                          off_args)
+    model = leaninfer.load("minilm")
+    n_batch1 = min(320, len(texts))
+    rounds = []
+    try:
+        model.embed(texts[:64], batch_size=32)  # warm-up: offline, then each server
+        for proc, port, _ in servers.values():
+            drive(proc, port, texts, a.client, a.concurrency, 2.0)
+        for k in range(a.rounds):
+            r = {"offline": offline_round(model, texts, n_batch1)}
+            for which, (proc, port, _) in servers.items():
+                r[f"served_batching_{which}"] = drive(proc, port, texts, a.client, a.concurrency, a.duration_s)
+            off = r["offline"]
+            r["served_over_offline"] = r["served_batching_on"]["req_per_s"] / off["batch32_texts_per_s"]
+            r["offline_ceiling"] = off["batch32_texts_per_s"] / off["batch1_texts_per_s"]
+            if "served_batching_off" in r:
+                r["served_batching_gain"] = (r["served_batching_on"]["req_per_s"]
+                                             / r["served_batching_off"]["req_per_s"])
+                r["gain_over_ceiling"] = r["served_batching_gain"] / r["offline_ceiling"]
+            rounds.append(r)
+            print(f"round {k + 1}: offline b32 {off['batch32_texts_per_s']:.0f}, b1 {off['batch1_texts_per_s']:.0f} "
+                  f"texts/s; served {r['served_batching_on']['req_per_s']:.0f} req/s "
+                  f"({r['served_batching_on']['server_cpu_ms_per_req']:.1f} ms server CPU/req) = "
+                  f"{100 * r['served_over_offline']:.0f}% of offline"
+                  + (f"; batching off {r['served_batching_off']['req_per_s']:.0f} req/s, gain "
+                     f"{r['served_batching_gain']:.2f}x of {r['offline_ceiling']:.2f}x = "
+                     f"{100 * r['gain_over_ceiling']:.0f}%" if "gain_over_ceiling" in r else ""), flush=True)
+    finally:
+        for proc, _, _ in servers.values():
+            stop_server(proc)
+    out["server_args"] = {which: " ".join(args) for which, (_, _, args) in servers.items()}
+    out["rounds"] = rounds
+    out["median"] = {key: statistics.median(r[key] for r in rounds)
+                     for key in ("served_over_offline", "offline_ceiling", "served_batching_gain", "gain_over_ceiling")
+                     if key in rounds[0]}
     if not a.skip_health:
         out["health"] = health_under_big_request(read_sentences(a.texts), a.port)
     print(json.dumps(out, indent=2))
-    print(f"served {on_r:.0f} req/s = {100 * out['served_over_offline']:.0f}% of offline b32 "
-          f"{off['batch32_texts_per_s']:.0f}; gain " + (f"{out['served_batching_gain']:.2f}x of ceiling "
-          f"{out['offline_ceiling']:.2f}x = {100 * out['gain_over_ceiling']:.0f}%" if "gain_over_ceiling" in out
-                                                        else "-"))
+    med = out["median"]
+    print(f"median of {len(rounds)} rounds: served / offline b32 = {100 * med['served_over_offline']:.0f}%"
+          + (f"; batching gain / offline ceiling = {100 * med['gain_over_ceiling']:.0f}%"
+             if "gain_over_ceiling" in med else ""))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
 

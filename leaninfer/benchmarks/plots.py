@@ -7,7 +7,8 @@
   at its largest batch size (its capacity, at the headline cost: prefill included for generation), idle time
   paid for below capacity; projected ones as a band.
 - ``cost_under_load.png`` (``leaninfer bench --suite serve-cpu``): *what does each variant cost at my load?*
-  Served and measured per load level, next to the offline figure.
+  Served and measured per load level (the wrk saturation level as separate markers), next to the offline figure
+  at the batch size the server ran at saturation.
 
 Legends sit outside the axes. The figure functions return matplotlib Figures, so tests inspect them before
 anything is written.
@@ -171,9 +172,12 @@ def plot_cost_curves(report: dict, out_dir: str | Path) -> list[str]:
 
 def cost_under_load_figure(report: dict):
     """*What does each variant cost at my load?* From a serve-load report (``serve_load_report``): one panel
-    per model, x = requests/s served at each load level, y = $ per 1K tokens. Per variant: the all-in cost (idle
-    time paid for) solid, the server's metered cost (busy time only) dashed, the offline bench's figure at the
-    server's max batch size as a dotted horizontal line, all in the variant's colour. None without data."""
+    per model, x = requests/s served at each load level, y = $ per 1K tokens. Per variant, in its colour: the
+    all-in cost (idle time paid for) solid and the server's metered cost (busy time only) dashed over the Python
+    client's levels; the wrk level (when it ran) as two unconnected markers, all-in (hollow circle) and metered
+    (star); the offline bench's figure as a dotted horizontal line, at the batch size the saturation level is
+    compared at (the server's mean rows per model call there, said in the legend), else at the max batch size.
+    None without data."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
@@ -185,15 +189,29 @@ def cost_under_load_figure(report: dict):
     for ax, g in zip(axes[0], groups, strict=True):
         for i, v in enumerate(g["variants"]):
             c = cmap(i % 10)
+            priced = [lv for lv in v["levels"] if not lv.get("error") and lv["usd_per_1k_tokens_metered"]]
             pts = sorted((lv["requests_per_s"], lv["usd_per_1k_tokens_all_in"], lv["usd_per_1k_tokens_metered"],
-                          lv["label"]) for lv in v["levels"] if lv["usd_per_1k_tokens_metered"])
+                          lv["label"]) for lv in priced if lv["mode"] != "wrk")
             if pts:
                 xs = [p[0] for p in pts]
                 ax.plot(xs, [p[1] for p in pts], color=c, linestyle="-", marker="o", label=f"{v['name']}: all-in")
                 ax.plot(xs, [p[2] for p in pts], color=c, linestyle="--", marker=".", label=f"{v['name']}: metered")
                 for x, y, _, label in pts:
                     ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=c)
-            if v.get("offline"):
+            for lv in (lv for lv in priced if lv["mode"] == "wrk"):
+                x = [lv["requests_per_s"]]
+                if lv["usd_per_1k_tokens_all_in"] is not None:
+                    ax.plot(x, [lv["usd_per_1k_tokens_all_in"]], color=c, linestyle="none", marker="o",
+                            markerfacecolor="none", label=f"{v['name']}: all-in, {lv['label']}")
+                ax.plot(x, [lv["usd_per_1k_tokens_metered"]], color=c, linestyle="none", marker="*", markersize=9,
+                        label=f"{v['name']}: metered, {lv['label']}")
+            sat = v.get("saturation")
+            if sat:
+                off = sat["offline_matching"]
+                ax.axhline(off["usd_per_1k_tokens"], color=c, linestyle=":", linewidth=1.5,
+                           label=f"{v['name']}: offline, batch {off['batch_size']:.3g} (served mean batch at "
+                                 f"{sat['level']})")
+            elif v.get("offline"):
                 ax.axhline(v["offline"]["usd_per_1k_tokens"], color=c, linestyle=":", linewidth=1.5,
                            label=f"{v['name']}: offline, batch {v['offline']['batch_size']}")
         what = "input tokens" if g["endpoint"] == "embeddings" else "output tokens (whole request)"
@@ -203,11 +221,11 @@ def cost_under_load_figure(report: dict):
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels collide within one decade
-        ax.set_xlabel("load: requests/s served (c=N closed loop, N req/s Poisson)")
+        ax.set_xlabel("load: requests/s served (c=N closed loop, N req/s Poisson; markers: c=N driven by wrk)")
         ax.set_ylabel(f"$ per 1K {what}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     fig.suptitle(f"cost per 1K tokens against load, served on one machine at ${report['usd_per_hour']:g}/h "
-                 "(solid: all-in, idle paid; dashed: metered busy time; dotted: offline bench)", fontsize=9)
+                 "(solid, o: all-in, idle paid; dashed, *: metered busy time; dotted: offline bench)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -1,18 +1,28 @@
 """Cost under load, measured: ``leaninfer bench --suite serve-cpu``.
 
 Design: for every group (a model and its variants) the offline bench runs first (``run_bench``: it builds the
-variants with the optimize job into ``OUT/offline/<model>/variants`` and measures each in a fresh process at the
-batch size the server may reach, ``max_batch_size``). Then each variant is served by ``leaninfer serve`` in its
-own subprocess (``--store none --cache-max-bytes 0``: no ledger, no response cache, so every request reaches the
-model; priced with ``--usd-per-hour``) and driven level by level with the project's load generator
-(``leaninfer.serving.loadgen``: closed-loop concurrency levels, then open-loop Poisson rates). Around each level
-this process reads the server's ``/metrics`` (cost, busy seconds, tokens) and both processes' CPU time, and
-keeps every request's raw sample. ``serve_load_report`` turns the raw levels into the report; nothing measured
-here is derived.
+variants with the optimize job into ``OUT/offline/<model>/variants`` and measures each in a fresh process at a
+few batch sizes up to the one the server may reach, ``offline_batch_sizes(max_batch_size)`` = 1, m/4, m/2, m).
+Then each variant is served by ``leaninfer serve`` in its own subprocess (``--store none --cache-max-bytes 0``:
+no ledger, no response cache, so every request reaches the model; priced with ``--usd-per-hour``) and driven
+level by level with the project's load generator (``leaninfer.serving.loadgen``: closed-loop concurrency levels,
+then open-loop Poisson rates). Around each level this process reads the server's ``/metrics`` (cost, busy
+seconds, tokens, rows per model call) and both processes' CPU time, and keeps every request's raw sample.
 
-The loop over one level mirrors ``loadgen.run_level`` request for request (the same ``_one``, so TTFT and ITL
-are timed exactly as ``leaninfer load`` times them) but keeps the per-request samples, which ``run_level`` folds
-into percentiles: the report's percentiles, goodput and token counts are recomputed from them.
+Then, when ``wrk`` is installed, one more closed-loop level at ``connections = max_batch_size``: the saturation
+level the report compares with the offline bench. The Python client spends about 2 ms of CPU per request on the
+cores the server needs, which slows every model call and so raises the metered cost (busy time x price); wrk
+(C, one thread, pre-built requests: ``launch.run_wrk``) spends a small fraction of that. It posts non-streaming
+bodies built from the same prompts the load generator sends (``wrk_bodies``), after a short wrk warm-up. wrk
+reports a summary (requests, errors, latency percentiles), not per-request samples, so that level has no TTFT,
+ITL or goodput; its tokens and cost are the server's ``/metrics`` deltas, read once the server has finished
+what wrk left in flight when it stopped (``wait_idle``). Without wrk nothing else changes: the report says the
+saturation figure was driven by the Python client. ``serve_load_report`` turns the raw levels into the report;
+nothing measured here is derived.
+
+The loop over one Python level mirrors ``loadgen.run_level`` request for request (the same ``_one``, so TTFT and
+ITL are timed exactly as ``leaninfer load`` times them) but keeps the per-request samples, which ``run_level``
+folds into percentiles: the report's percentiles, goodput and token counts are recomputed from them.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import datetime as dt
 import json
 import random
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -34,12 +45,14 @@ from ..errors import LeaninferError
 from ..hardware import get_profile
 from ..serving import launch
 from ..serving.launch import stop_server
-from ..serving.loadgen import LoadSpec, _one
+from ..serving.loadgen import LoadSpec, _one, make_prompt
 from .runner import BenchConfig, _slug, parse_variants, run_bench
 from .serve_load_report import build_serve_load_report, write_serve_load_report
 
 METRICS = ("leaninfer_cost_usd_total", "leaninfer_engine_busy_seconds_total", "leaninfer_input_tokens_total",
            "leaninfer_output_tokens_total", "leaninfer_engine_utilization")
+WRK_BODIES = 300  # distinct request bodies wrk cycles through
+IDLE_POLL_S, IDLE_QUIET_S, IDLE_TIMEOUT_S = 0.1, 1.0, 300.0  # wait_idle
 
 
 class ServeGroup(BaseModel):
@@ -52,7 +65,8 @@ class ServeGroup(BaseModel):
     endpoint: str = Field("embeddings", description="embeddings or completions")
     prompt_tokens: int = Field(32, ge=1, description="words per prompt (loadgen.make_prompt)")
     max_tokens: int = Field(32, ge=1, description="completions: new tokens per request (ignore_eos)")
-    max_batch_size: int = Field(32, ge=1, description="serve --max-batch-size; the offline bench's batch size")
+    max_batch_size: int = Field(32, ge=1, description="serve --max-batch-size; the offline bench's largest batch "
+                                                     "size, and wrk's connections")
     offline_tokens: int = Field(38, ge=1, description="offline bench: seq_len (embeddings) or prompt_tokens "
                                                       "(generation), the served prompts' mean length in tokens")
     concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32], description="closed-loop client counts")
@@ -108,16 +122,19 @@ def start_server(ref: str, name: str, price: float, max_batch_size: int, log: Pa
 
 
 def parse_metrics(text: str, model: str) -> dict[str, float]:
-    """The METRICS series of one served model from Prometheus text (0.0 for a series not yet written), and the
-    sum and count of its batch sizes per kind of call (``leaninfer_batch_size_sum:decode``, ...)."""
+    """The METRICS series of one served model from Prometheus text (0.0 for a series not yet written), its
+    answered requests of every endpoint and status (``leaninfer_requests_total``), and the sum and count of its
+    batch sizes per kind of call (``leaninfer_batch_size_sum:decode``, ...)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out = dict.fromkeys(METRICS, 0.0)
+    out = dict.fromkeys(METRICS + ("leaninfer_requests_total",), 0.0)
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.labels.get("model") != model:
                 continue
-            if s.name in out:
+            if s.name == "leaninfer_requests_total":
+                out[s.name] += float(s.value)
+            elif s.name in out:
                 out[s.name] = float(s.value)
             elif s.name in ("leaninfer_batch_size_sum", "leaninfer_batch_size_count"):  # rows per model call
                 out[f"{s.name}:{s.labels.get('kind')}"] = float(s.value)
@@ -177,17 +194,100 @@ def measure_levels(base: str, name: str, group: ServeGroup, server_pid: int,
         m0, s0, c0 = _scrape(base, name), server.cpu_times(), time.process_time()
         samples, wall = asyncio.run(drive_level(spec, mode, level))
         m1, s1, c1 = _scrape(base, name), server.cpu_times(), time.process_time()
-        out.append({"mode": mode, "level": level, "duration_s": wall, "samples": samples,
+        out.append({"mode": mode, "level": level, "client": "loadgen", "duration_s": wall, "samples": samples,
                     "metrics_before": m0, "metrics_after": m1,
                     "server_cpu_s": (s1.user + s1.system) - (s0.user + s0.system), "client_cpu_s": c1 - c0})
+    if shutil.which("wrk"):
+        if on_level:
+            on_level(f"{name}: wrk c={group.max_batch_size}")
+        out.append(wrk_level(base, name, group, server))
     return out
 
 
+# -- the wrk level ------------------------------------------------------------------------------------------------
+def wrk_bodies(group: ServeGroup, name: str, n: int = WRK_BODIES) -> tuple[str, list[dict]]:
+    """The path and ``n`` non-streaming request bodies of ``group``'s endpoint, from the prompts the load
+    generator sends (``_one``'s seeds: ``i * 7919`` for embeddings, ``i`` for generation)."""
+    if group.endpoint == "embeddings":
+        return "/v1/embeddings", [{"model": name, "input": [make_prompt(group.prompt_tokens, i * 7919)]}
+                                  for i in range(n)]
+    common = {"model": name, "max_tokens": group.max_tokens, "temperature": 0, "ignore_eos": True, "stream": False}
+    if group.endpoint == "completions":
+        return "/v1/completions", [{**common, "prompt": make_prompt(group.prompt_tokens, i)} for i in range(n)]
+    if group.endpoint == "chat":
+        return "/v1/chat/completions", [{**common, "messages": [{"role": "user",
+                                                                  "content": make_prompt(group.prompt_tokens, i)}]}
+                                        for i in range(n)]
+    raise LeaninferError(f"wrk level: unknown endpoint {group.endpoint!r} (embeddings, completions, chat)")
+
+
+_MOVING = ("leaninfer_engine_busy_seconds_total", "leaninfer_requests_total", "leaninfer_cost_usd_total",
+           "leaninfer_input_tokens_total", "leaninfer_output_tokens_total")
+
+
+def wait_idle(base: str, model: str, since: float, timeout_s: float = IDLE_TIMEOUT_S,
+              quiet_s: float = IDLE_QUIET_S, poll_s: float = IDLE_POLL_S) -> tuple[dict[str, float], float]:
+    """Once a client has stopped (at ``since``, ``time.perf_counter()``), wait until the server has finished
+    what it left in flight (run to the end, or stopped as its client left: either way metered): the engine's
+    busy seconds, its answered requests, cost and tokens unchanged for ``quiet_s``, longer than one model call
+    of the suite's models (busy seconds move after every call). The queue-depth gauge isn't read: a request
+    cancelled while queued leaves the queue without updating it. Returns the last ``/metrics`` reading and
+    when the counters last moved (``since`` if they never did): the end of the level."""
+    last, moved_at = _scrape(base, model), since
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        time.sleep(poll_s)
+        m, now = _scrape(base, model), time.perf_counter()
+        if any(m[k] != last[k] for k in _MOVING):
+            moved_at = now
+        elif now - moved_at >= quiet_s:
+            return m, moved_at
+        if now > deadline:
+            raise LeaninferError(f"the server of {model!r} was still busy {timeout_s:.0f} s after the client "
+                                 "stopped (its busy seconds, requests or tokens still moving)")
+        last = m
+
+
+def wrk_level(base: str, name: str, group: ServeGroup, server) -> dict:
+    """The closed-loop saturation level driven by wrk (``connections = max_batch_size``, ``duration_s``), after
+    a wrk warm-up; raw: /metrics before and after, both processes' CPU, wrk's summary, no per-request samples.
+    A wrk failure is recorded in the level (``error``), never raised: the Python levels are kept."""
+    path, bodies = wrk_bodies(group, name)
+    c = group.max_batch_size
+    raw = {"mode": "wrk", "level": float(c), "client": "wrk", "path": path, "bodies": len(bodies)}
+    try:
+        launch.run_wrk(base, path, bodies, c, min(2.0, group.duration_s))  # warm-up
+        m0, _ = wait_idle(base, name, time.perf_counter())
+        s0, t0 = server.cpu_times(), time.perf_counter()
+        res = launch.run_wrk(base, path, bodies, c, group.duration_s)
+        m1, end = wait_idle(base, name, time.perf_counter())
+        s1 = server.cpu_times()
+    except Exception as e:  # wrk missing a line, a server that never settles...: said in the report
+        return {**raw, "error": f"{type(e).__name__}: {e}"}
+    # The level lasts from wrk's start until the server finished the requests wrk left in flight (their tokens
+    # and cost are in the /metrics deltas), as a Python level lasts until its last answer.
+    return {**raw, "duration_s": end - t0, "wrk_duration_s": res["duration_us"] / 1e6, "wrk": res,
+            "metrics_before": m0, "metrics_after": m1,
+            "server_cpu_s": (s1.user + s1.system) - (s0.user + s0.system), "client_cpu_s": res["client_cpu_s"]}
+
+
 # -- the run ------------------------------------------------------------------------------------------------------
+def offline_batch_sizes(max_batch_size: int) -> list[int]:
+    """The offline bench's batch sizes: 1, m/4, m/2 and m (m = ``max_batch_size``), so that the report can read
+    the offline cost at the batch the server actually ran (its mean rows per model call) between two of them.
+
+    >>> offline_batch_sizes(32), offline_batch_sizes(2)
+    ([1, 8, 16, 32], [1, 2])
+    """
+    m = max_batch_size
+    return sorted(b for b in {1, m // 4, m // 2, m} if b > 0)
+
+
 def _offline_config(group: ServeGroup, cfg: ServeLoadConfig, price: float) -> BenchConfig:
     gen = group.endpoint != "embeddings"
-    return BenchConfig(model=group.model, variants=group.variants, batch_sizes=[group.max_batch_size],
-                       seq_lens=[group.offline_tokens], prompt_tokens=group.offline_tokens,
+    return BenchConfig(model=group.model, variants=group.variants,
+                       batch_sizes=offline_batch_sizes(group.max_batch_size), seq_lens=[group.offline_tokens],
+                       prompt_tokens=group.offline_tokens,
                        gen_tokens=group.max_tokens, gen_repeats=cfg.offline_gen_repeats,
                        min_time_s=cfg.offline_min_time_s, usd_per_hour=price,
                        suite=f"{cfg.suite or 'serve-load'} (offline, {'generation' if gen else 'embeddings'})")
@@ -207,7 +307,8 @@ def run_serve_load(cfg: ServeLoadConfig, out_dir: str | Path, on_event: Callable
     price, priced_as = cfg.price()
     state: dict = {"meta": {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                             "command": shlex.join(argv if argv is not None else ["leaninfer", *sys.argv[1:]]),
-                            "config": cfg.model_dump(), "usd_per_hour": price, "priced_as": priced_as},
+                            "config": cfg.model_dump(), "usd_per_hour": price, "priced_as": priced_as,
+                            "wrk": shutil.which("wrk")},
                    "groups": []}
 
     def say(msg: str):

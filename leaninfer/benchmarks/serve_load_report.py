@@ -8,11 +8,23 @@ busy seconds over the level's wall time), and two costs per 1K tokens, never mix
 - **all-in**: the level's wall time x $/hour / tokens x 1000: the machine paid for the whole time, idle included.
 
 Tokens are what the responses' ``usage`` says: input tokens for embeddings, output tokens for generation (a
-whole request per 1K output tokens, prefill included, as the offline bench's headline). At saturation (the
-highest concurrency, = the server's max batch size) the metered figure is set against the offline bench's at
-that batch size. A ``guidellm`` block per level carries GuideLLM's metric names (``requests_per_second``,
-``request_latency`` in seconds, ``time_to_first_token_ms``, ``inter_token_latency_ms``, ...), each a
-distribution over the successful requests, so results can be compared with GuideLLM's.
+whole request per 1K output tokens, prefill included, as the offline bench's headline). The wrk level (when
+``wrk`` was installed: closed loop, c = max batch size) has no per-request samples: its requests/s and e2e
+percentiles are wrk's summary, its tokens the server's ``/metrics`` deltas (``server_tokens``), and it has no
+TTFT, ITL or goodput (``wrk_level_summary``).
+
+At saturation the metered figure is set against the offline bench's. The saturation level is the wrk level
+when there is one, else the highest closed-loop concurrency driven by the Python client (whose CPU shares the
+server's cores: the report says which). The offline figure it is compared with is the one at the *matching*
+batch size: the server's mean rows per model call at that level (embedding calls for embeddings, decode steps
+for generation), which is below the max batch size when the queue doesn't keep every call full. The offline
+bench measures a few batch sizes; between two of them the figure is interpolated linearly in 1/batch (cost per
+token = a + b/batch: a per-call cost amortized over the batch's rows), and clamped to the nearest measured one
+outside them (``offline_figure``). The figure at the max batch size is shown too; ``within_15pct`` is decided
+on the matching one. A ``guidellm`` block per Python level carries GuideLLM's metric names
+(``requests_per_second``, ``request_latency`` in seconds, ``time_to_first_token_ms``,
+``inter_token_latency_ms``, ...), each a distribution over the successful requests, so results can be compared
+with GuideLLM's.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..latency import Latency
+from ..latency import MIN_SAMPLES_FOR_PERCENTILES, Latency
 from .plots import cost_under_load_figure
 
 AGREEMENT = 0.15  # the issue's check: served $/1K at saturation within 15% of the offline bench
@@ -81,44 +93,91 @@ def guidellm_fields(ok: list[dict], errors: int, duration_s: float) -> dict:
 
 
 def level_summary(raw: dict, endpoint: str, usd_per_hour: float, slo: dict) -> dict:
-    """One level's figures, every one recomputable from ``raw`` (its samples and /metrics readings)."""
+    """One Python-driven level's figures, every one recomputable from ``raw`` (its samples and /metrics
+    readings)."""
     ok = [s for s in raw["samples"] if s["ok"]]
     errors = len(raw["samples"]) - len(ok)
     dur = raw["duration_s"]
-    before, after = raw["metrics_before"], raw["metrics_after"]
-
-    def delta(name):
-        return after[name] - before[name]
-
     in_tok, out_tok = sum(s["input_tokens"] for s in ok), sum(s["output_tokens"] for s in ok)
     tokens = in_tok if endpoint == "embeddings" else out_tok
-    cost, busy = delta("leaninfer_cost_usd_total"), delta("leaninfer_engine_busy_seconds_total")
     good = [s for s in ok if meets_slo(s, slo)]
     e2e = Latency.from_samples(s["end"] - s["start"] for s in ok)
     ttft = Latency.from_samples(s["ttft_s"] for s in ok if s["ttft_s"] is not None)
     itl = Latency.from_samples(x for s in ok for x in s["itl_s"])
     return {
-        "mode": raw["mode"], "level": raw["level"],
+        "mode": raw["mode"], "level": raw["level"], "client": "loadgen",
         "label": f"c={raw['level']:g}" if raw["mode"] == "concurrency" else f"{raw['level']:g} req/s",
         "requests": len(raw["samples"]), "errors": errors, "duration_s": dur,
         "requests_per_s": len(ok) / dur, "input_tokens": in_tok, "output_tokens": out_tok,
         "tokens_counted": "input" if endpoint == "embeddings" else "output",
         "tokens_per_s": tokens / dur,
-        "server_tokens": delta("leaninfer_input_tokens_total" if endpoint == "embeddings"
-                               else "leaninfer_output_tokens_total"),
+        "server_tokens": _delta(raw, _token_series(endpoint)),
         "e2e": e2e.to_dict(), "ttft": ttft.to_dict(), "itl": itl.to_dict(),
         "slo": slo, "goodput_requests": len(good), "goodput_requests_per_s": len(good) / dur,
         "goodput_fraction": len(good) / len(raw["samples"]) if raw["samples"] else None,
+        **_meter(raw, tokens, usd_per_hour),
+        "guidellm": guidellm_fields(ok, errors, dur),
+    }
+
+
+def wrk_level_summary(raw: dict, endpoint: str, usd_per_hour: float) -> dict:
+    """The wrk level's figures: requests/s, errors and e2e percentiles from wrk's summary, tokens and cost from
+    the server's /metrics deltas over the level (``server_tokens``); no TTFT, ITL or goodput (no per-request
+    samples). A level whose wrk run failed keeps only its ``error``."""
+    head = {"mode": "wrk", "level": raw["level"], "client": "wrk", "label": f"c={raw['level']:g} (wrk)"}
+    if raw.get("error"):
+        return {**head, "error": raw["error"]}
+    w, dur = raw["wrk"], raw["duration_s"]
+    in_tok = _delta(raw, "leaninfer_input_tokens_total")
+    out_tok = _delta(raw, "leaninfer_output_tokens_total")
+    tokens = in_tok if endpoint == "embeddings" else out_tok
+    e2e = {"n": w["requests"], "p50_ms": w["p50_us"] / 1e3, "p95_ms": w["p95_us"] / 1e3, "p99_ms": w["p99_us"] / 1e3,
+           "few_samples": 0 < w["requests"] < MIN_SAMPLES_FOR_PERCENTILES, "source": "wrk"}
+    return {
+        **head, "requests": w["requests"], "errors": w["errors"], "non2xx": w["non2xx"], "duration_s": dur,
+        "wrk_duration_s": raw.get("wrk_duration_s"),
+        "requests_per_s": w["req_per_s"], "input_tokens": in_tok, "output_tokens": out_tok,
+        "tokens_counted": "input" if endpoint == "embeddings" else "output",
+        "tokens_per_s": tokens / dur, "server_tokens": tokens,
+        "e2e": e2e, "ttft": {"n": 0}, "itl": {"n": 0},
+        "slo": None, "goodput_requests": None, "goodput_requests_per_s": None, "goodput_fraction": None,
+        **_meter(raw, tokens, usd_per_hour),
+        # wrk cuts the requests in flight when it stops (a generation request runs for seconds): the machine
+        # time they took bought no tokens, so an all-in figure would charge it to the others. The all-in curve
+        # is the Python levels', which let their last requests finish.
+        "all_in_cost_usd": None, "usd_per_1k_tokens_all_in": None,
+        "guidellm": None,
+    }
+
+
+def _token_series(endpoint: str) -> str:
+    return "leaninfer_input_tokens_total" if endpoint == "embeddings" else "leaninfer_output_tokens_total"
+
+
+def _delta(raw: dict, name: str) -> float:
+    return raw["metrics_after"][name] - raw["metrics_before"][name]
+
+
+def _meter(raw: dict, tokens: float, usd_per_hour: float) -> dict:
+    """What the server's meter and the wall clock say of a level that counted ``tokens``: busy seconds,
+    utilization, CPU, mean rows per model call, metered and all-in cost per 1K tokens."""
+    dur = raw["duration_s"]
+    cost, busy = _delta(raw, "leaninfer_cost_usd_total"), _delta(raw, "leaninfer_engine_busy_seconds_total")
+    return {
         "engine_busy_s": busy, "utilization": busy / dur,
-        "utilization_gauge_60s": after["leaninfer_engine_utilization"],
+        "utilization_gauge_60s": raw["metrics_after"]["leaninfer_engine_utilization"],
         "server_cpu_s": raw.get("server_cpu_s"), "client_cpu_s": raw.get("client_cpu_s"),
-        "mean_batch_size": _mean_batches(before, after),
+        "mean_batch_size": _mean_batches(raw["metrics_before"], raw["metrics_after"]),
         "metered_cost_usd": cost,
         "usd_per_1k_tokens_metered": cost / tokens * 1000 if tokens else None,
         "all_in_cost_usd": usd_per_hour * dur / 3600.0,
         "usd_per_1k_tokens_all_in": usd_per_hour * dur / 3600.0 / tokens * 1000 if tokens else None,
-        "guidellm": guidellm_fields(ok, errors, dur),
     }
+
+
+def summarize_level(raw: dict, endpoint: str, usd_per_hour: float, slo: dict) -> dict:
+    return (wrk_level_summary(raw, endpoint, usd_per_hour) if raw["mode"] == "wrk"
+            else level_summary(raw, endpoint, usd_per_hour, slo))
 
 
 def _mean_batches(before: dict, after: dict) -> dict:
@@ -134,14 +193,87 @@ def _mean_batches(before: dict, after: dict) -> dict:
     return out
 
 
-def offline_figure(variant: dict | None, batch_size: int) -> dict | None:
-    """The offline bench's $/1K tokens (its headline) at ``batch_size``, with its throughput."""
+# -- the offline figure at a batch size ---------------------------------------------------------------------------
+def offline_points(variant: dict | None) -> list[dict]:
+    """The offline bench's priced results of one variant, by batch size: its $/1K tokens (headline) and
+    throughput."""
+    pts = {}
     for r in (variant or {}).get("results", []):
-        if r["batch_size"] == batch_size and r.get("cost"):
-            return {"batch_size": batch_size, "usd_per_1k_tokens": r["cost"]["usd_per_1k_tokens"],
-                    "tokens_per_s": r.get("tokens_per_s") or r.get("output_tokens_per_s"),
-                    "what": "tokens" if r["kind"] == "embedding" else "output tokens (whole request)"}
-    return None
+        if r.get("cost"):
+            pts[r["batch_size"]] = {"batch_size": r["batch_size"], "usd_per_1k_tokens": r["cost"]["usd_per_1k_tokens"],
+                                    "tokens_per_s": r.get("tokens_per_s") or r.get("output_tokens_per_s"),
+                                    "what": "tokens" if r["kind"] == "embedding" else "output tokens (whole request)"}
+    return [pts[b] for b in sorted(pts)]
+
+
+def offline_figure(variant: dict | None, batch_size: float) -> dict | None:
+    """The offline bench's $/1K tokens at ``batch_size`` (None without any priced result): the measured one
+    (``measured``); else interpolated linearly in 1/batch between the two measured batch sizes around it
+    (``interpolated_between``: cost per token = a + b/batch, a per-call cost amortized over the batch); outside
+    the measured sizes, the nearest one's (``clamped_to``). ``tokens_per_s`` only where measured.
+
+    Example (measured 2.0 at batch 8, 1.5 at batch 16: a + b/8 = 2.0, a + b/16 = 1.5, so b = 8, a = 1):
+        >>> v = {"results": [{"batch_size": b, "kind": "embedding", "cost": {"usd_per_1k_tokens": c}}
+        ...                  for b, c in ((8, 2.0), (16, 1.5))]}
+        >>> round(offline_figure(v, 12)["usd_per_1k_tokens"], 6)  # 1 + 8/12
+        1.666667
+    """
+    pts = offline_points(variant)
+    if not pts:
+        return None
+    fig = {"batch_size": batch_size, "measured": False, "interpolated_between": None, "clamped_to": None,
+           "what": pts[0]["what"], "tokens_per_s": None}
+    for p in pts:
+        if p["batch_size"] == batch_size:
+            return {**fig, **p, "measured": True}
+    if batch_size < pts[0]["batch_size"] or batch_size > pts[-1]["batch_size"]:
+        end = pts[0] if batch_size < pts[0]["batch_size"] else pts[-1]
+        return {**fig, "usd_per_1k_tokens": end["usd_per_1k_tokens"], "clamped_to": end["batch_size"]}
+    lo = max((p for p in pts if p["batch_size"] < batch_size), key=lambda p: p["batch_size"])
+    hi = min((p for p in pts if p["batch_size"] > batch_size), key=lambda p: p["batch_size"])
+    t = (1 / batch_size - 1 / lo["batch_size"]) / (1 / hi["batch_size"] - 1 / lo["batch_size"])
+    cost = lo["usd_per_1k_tokens"] + t * (hi["usd_per_1k_tokens"] - lo["usd_per_1k_tokens"])
+    return {**fig, "usd_per_1k_tokens": cost, "interpolated_between": [lo["batch_size"], hi["batch_size"]]}
+
+
+# -- saturation -----------------------------------------------------------------------------------------------------
+def matching_call_kind(endpoint: str) -> str:
+    """The kind of model call whose mean rows give the batch size the offline bench is matched at."""
+    return "embedding" if endpoint == "embeddings" else "decode"
+
+
+def saturation_level(levels: list[dict]) -> dict | None:
+    """The wrk level when it ran, else the highest closed-loop concurrency (driven by the Python client)."""
+    wrk = [lv for lv in levels if lv["mode"] == "wrk" and not lv.get("error")]
+    if wrk:
+        return wrk[-1]
+    closed = [lv for lv in levels if lv["mode"] == "concurrency"]
+    return max(closed, key=lambda lv: lv["level"]) if closed else None
+
+
+def saturation(levels: list[dict], offline_variant: dict | None, endpoint: str, max_batch_size: int) -> dict | None:
+    """The saturation level's metered $/1K against the offline bench: at the matching batch size (the level's
+    mean rows per model call; the max batch size if no such call was counted) and at the max batch size."""
+    sat = saturation_level(levels)
+    off_max = offline_figure(offline_variant, max_batch_size)
+    if not sat or not off_max or not sat["usd_per_1k_tokens_metered"]:
+        return None
+    kind = matching_call_kind(endpoint)
+    mean_b = sat["mean_batch_size"].get(kind)
+    off = offline_figure(offline_variant, mean_b) if mean_b else off_max
+    metered = sat["usd_per_1k_tokens_metered"]
+    ratio = metered / off["usd_per_1k_tokens"]
+    return {"level": sat["label"], "client": sat["client"],
+            "server_cpu_s": sat["server_cpu_s"], "client_cpu_s": sat["client_cpu_s"],
+            "usd_per_1k_tokens_metered": metered, "usd_per_1k_tokens_all_in": sat["usd_per_1k_tokens_all_in"],
+            "utilization": sat["utilization"], "matching_call_kind": kind, "mean_batch_size": mean_b,
+            "offline_matching": off, "offline_max_batch": off_max,
+            "offline_usd_per_1k_tokens": off["usd_per_1k_tokens"], "offline_batch_size": off["batch_size"],
+            "metered_over_offline": ratio,
+            "all_in_over_offline": (sat["usd_per_1k_tokens_all_in"] / off["usd_per_1k_tokens"]
+                                    if sat["usd_per_1k_tokens_all_in"] is not None else None),
+            "metered_over_offline_max_batch": metered / off_max["usd_per_1k_tokens"],
+            "within_15pct": abs(ratio - 1.0) <= AGREEMENT}
 
 
 def build_serve_load_report(state: dict) -> dict:
@@ -155,20 +287,15 @@ def build_serve_load_report(state: dict) -> dict:
             v = {"name": name, "status": served["status"], "error": served.get("error"),
                  "reference": served.get("reference"), "levels": []}
             if served["status"] == "ok":
-                v["levels"] = [level_summary(lv, grp["endpoint"], price, slo) for lv in served["levels"]]
+                v["levels"] = [summarize_level(lv, grp["endpoint"], price, slo) for lv in served["levels"]]
                 v["raw_levels"] = served["levels"]
-            off = offline_figure(g.get("offline", {}).get(name), grp["max_batch_size"])
-            v["offline"] = off
-            closed = [lv for lv in v["levels"] if lv["mode"] == "concurrency"]
-            sat = max(closed, key=lambda lv: lv["level"]) if closed else None
-            if sat and off and sat["usd_per_1k_tokens_metered"]:
-                ratio = sat["usd_per_1k_tokens_metered"] / off["usd_per_1k_tokens"]
-                v["saturation"] = {"level": sat["label"], "usd_per_1k_tokens_metered": sat["usd_per_1k_tokens_metered"],
-                                   "usd_per_1k_tokens_all_in": sat["usd_per_1k_tokens_all_in"],
-                                   "offline_usd_per_1k_tokens": off["usd_per_1k_tokens"],
-                                   "offline_batch_size": off["batch_size"], "metered_over_offline": ratio,
-                                   "all_in_over_offline": sat["usd_per_1k_tokens_all_in"] / off["usd_per_1k_tokens"],
-                                   "within_15pct": abs(ratio - 1.0) <= AGREEMENT, "utilization": sat["utilization"]}
+            offline = g.get("offline", {}).get(name)
+            v["offline"] = offline_figure(offline, grp["max_batch_size"])
+            v["offline_points"] = offline_points(offline)
+            measured = [lv for lv in v["levels"] if not lv.get("error")]
+            sat = saturation(measured, offline, grp["endpoint"], grp["max_batch_size"])
+            if sat:
+                v["saturation"] = sat
             variants.append(v)
         groups.append({"model": grp["model"], "endpoint": grp["endpoint"], "settings": grp, "slo": slo,
                        "offline_dir": g["offline_dir"], "variants": variants})
@@ -187,13 +314,47 @@ def _pcts(d: dict) -> str:
     return f"{d['p50_ms']:.0f} / {d['p95_ms']:.0f} / {d['p99_ms']:.0f} (n={d['n']})"
 
 
+def _offline_cell(off: dict | None) -> str:
+    if not off:
+        return "–"
+    b = off["batch_size"]
+    if off["measured"]:
+        how = f"batch {b:g}"
+    elif off["interpolated_between"]:
+        lo, hi = off["interpolated_between"]
+        how = f"batch {b:.1f}, interpolated {lo}–{hi}"
+    else:
+        how = f"batch {b:.1f}, clamped to {off['clamped_to']}"
+    return f"{off['usd_per_1k_tokens']:.3g} ({how})"
+
+
+def _level_row(name: str, lv: dict) -> str:
+    if lv.get("error"):
+        return f"| {name} | {lv['label']} failed: {lv['error']} |" + " |" * 11
+    gp = lv["goodput_fraction"]
+    goodput = "–" if lv["goodput_requests_per_s"] is None else (
+        f"{lv['goodput_requests_per_s']:.1f} ({_f(None if gp is None else 100 * gp, '{:.0f}')}%)")
+    return (f"| {name} | {lv['label']} | {lv['requests_per_s']:.1f} | {lv['errors']} | {_pcts(lv['e2e'])} | "
+            f"{_pcts(lv['ttft'])} | {_pcts(lv['itl'])} | {goodput} | {100 * lv['utilization']:.0f}% | "
+            f"{', '.join(f'{k} {b:.1f}' for k, b in lv.get('mean_batch_size', {}).items()) or '–'} | "
+            f"{_f(lv['server_cpu_s'])} / {_f(lv['client_cpu_s'], '{:.2f}')} | "
+            f"{_f(lv['usd_per_1k_tokens_metered'], '{:.3g}')} | {_f(lv['usd_per_1k_tokens_all_in'], '{:.3g}')} |")
+
+
 def to_markdown(report: dict) -> str:
     m = report["meta"]
+    wrk_txt = ("Then one more closed-loop level at c = max batch size, driven by `wrk` (a C client: a small "
+               "fraction of the Python client's CPU per request), posting the same prompts non-streaming: the "
+               "`(wrk)` row; its requests/s and e2e latencies are wrk's, its tokens and cost the server's "
+               "`/metrics`; no TTFT, ITL or goodput (wrk keeps no per-request samples). " if m.get("wrk") else
+               "`wrk` was not installed: there is no wrk level, and the saturation figures below were driven by "
+               "the Python client, whose CPU (in the tables) slows the server's model calls. ")
     lines = ["# Cost under load (leaninfer bench, served)", "",
              f"Command: `{m['command']}`  ", f"Started {m['started']}, finished {m.get('finished') or '(running)'}. "
              f"Price: ${report['usd_per_hour']:g}/hour, {report['priced_as']}.", "",
              "Each variant is served by `leaninfer serve` (`--store none --cache-max-bytes 0`) in its own process "
              "and driven by the project's load generator from this process, **on the same machine and cores**. "
+             + wrk_txt +
              "$/1K **metered** = the server's own cost meter over the level (engine busy time x price; idle time "
              "not in it) / tokens; **all-in** = the level's wall time x price / tokens (idle time paid for). "
              "Latencies in ms: p50 / p95 / p99 (n). Utilization = engine busy seconds / the level's wall time.", ""]
@@ -213,38 +374,46 @@ def to_markdown(report: dict) -> str:
             if v["status"] != "ok":
                 lines.append(f"| {v['name']} | failed: {v['error']} |" + " |" * 11)
                 continue
-            for lv in v["levels"]:
-                gp = lv["goodput_fraction"]
-                lines.append(
-                    f"| {v['name']} | {lv['label']} | {lv['requests_per_s']:.1f} | {lv['errors']} | {_pcts(lv['e2e'])} | "
-                    f"{_pcts(lv['ttft'])} | {_pcts(lv['itl'])} | {lv['goodput_requests_per_s']:.1f} "
-                    f"({_f(None if gp is None else 100 * gp, '{:.0f}')}%) | {100 * lv['utilization']:.0f}% | "
-                    f"{', '.join(f'{k} {b:.1f}' for k, b in lv.get('mean_batch_size', {}).items()) or '–'} | "
-                    f"{_f(lv['server_cpu_s'])} / {_f(lv['client_cpu_s'])} | "
-                    f"{_f(lv['usd_per_1k_tokens_metered'], '{:.3g}')} | {_f(lv['usd_per_1k_tokens_all_in'], '{:.3g}')} |")
-        lines += ["", f"At saturation (c = max batch size) against the offline bench at batch {s['max_batch_size']} "
-                      f"(same variants, same price; `{g['offline_dir']}/report.md`):", "",
-                  "| variant | served level | util | served $/1K metered | served $/1K all-in | offline $/1K | "
-                  "metered / offline | within 15% |", "|---|---|---:|---:|---:|---:|---:|---|"]
+            lines += [_level_row(v["name"], lv) for lv in v["levels"]]
+        kind = matching_call_kind(g["endpoint"])
+        mb = s["max_batch_size"]
+        lines += ["", f"At saturation (closed loop, c = max batch size {mb}; the `(wrk)` level when wrk ran, else "
+                      "the highest concurrency driven by the Python client, whose CPU shares the server's cores) "
+                      "against the offline bench of the same variants at the same price "
+                      f"(`{g['offline_dir']}/report.md`): at the **matching batch size**, the server's mean rows "
+                      f"per {kind} call at that level (interpolated linearly in 1/batch between the two measured "
+                      "batch sizes around it: cost per token = a + b/batch), and at the max batch size. "
+                      "*within 15%* is decided on the matching one.", "",
+                  f"| variant | served level | util | server / client CPU s | mean {kind} batch | "
+                  "served $/1K metered | served $/1K all-in | offline $/1K, matching batch | metered / offline | "
+                  f"offline $/1K, batch {mb} | metered / offline at {mb} | within 15% |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
         for v in g["variants"]:
             sat = v.get("saturation")
             if not sat:
-                lines.append(f"| {v['name']} | – | – | – | – | {_f((v.get('offline') or {}).get('usd_per_1k_tokens'), '{:.3g}')}"
-                             " | – | – |")
+                lines.append(f"| {v['name']} | – | – | – | – | – | – | – | – | {_offline_cell(v.get('offline'))} "
+                             "| – | – |")
                 continue
             lines.append(f"| {v['name']} | {sat['level']} | {100 * sat['utilization']:.0f}% | "
-                         f"{sat['usd_per_1k_tokens_metered']:.3g} | {sat['usd_per_1k_tokens_all_in']:.3g} | "
-                         f"{sat['offline_usd_per_1k_tokens']:.3g} | {sat['metered_over_offline']:.2f}x | "
+                         f"{_f(sat['server_cpu_s'])} / {_f(sat['client_cpu_s'], '{:.2f}')} | {_f(sat['mean_batch_size'])} | "
+                         f"{sat['usd_per_1k_tokens_metered']:.3g} | {_f(sat['usd_per_1k_tokens_all_in'], '{:.3g}')} | "
+                         f"{_offline_cell(sat['offline_matching'])} | {sat['metered_over_offline']:.2f}x | "
+                         f"{_offline_cell(sat['offline_max_batch'])} | {sat['metered_over_offline_max_batch']:.2f}x | "
                          f"{'yes' if sat['within_15pct'] else 'no'} |")
+        py = [v["name"] for v in g["variants"] if (v.get("saturation") or {}).get("client") == "loadgen"]
+        if py:
+            lines += ["", f"Driven by the Python client at saturation (no wrk level): {', '.join(py)}; its CPU "
+                          "shares the server's cores, which slows every model call and raises the metered cost."]
         lines.append("")
     few = [f"{g['model']} {v['name']} {lv['label']}" for g in report["groups"] for v in g["variants"]
-           for lv in v["levels"] if 0 < lv["e2e"]["n"] < 10]
+           for lv in v["levels"] if not lv.get("error") and 0 < lv["e2e"]["n"] < 10]
     if few:
         lines += [f"p95/p99 rest on fewer than 10 requests (read them as the maximum) at: {', '.join(few)}.", ""]
     if report.get("plots"):
         lines += ["![cost per 1K tokens against load](cost_under_load.png)", ""]
-    lines += ["JSON: `report.json` has every request's raw sample, the /metrics readings around each level, and "
-              "a `guidellm` block per level under GuideLLM's metric names.", ""]
+    lines += ["JSON: `report.json` has every request's raw sample, the /metrics readings around each level, wrk's "
+              "summary for the wrk level, the offline figures at every measured batch size (`offline_points`), and "
+              "a `guidellm` block per Python level under GuideLLM's metric names.", ""]
     return "\n".join(lines)
 
 

@@ -45,13 +45,16 @@ SUITES: dict[str, dict] = {
         "gen_repeats": 3,
         "project_to": ["aws-g4dn.xlarge", "aws-g6.xlarge", "gcp-a2-highgpu-1g", "h100-sxm"],
     },
-    # Cost under load, measured: each variant served by `leaninfer serve` and driven by the load generator
-    # (leaninfer/benchmarks/serve_load.py), next to the offline bench at the server's max batch size. About 4.5
-    # minutes on 2 cores (measured: offline benches with builds, then 4 served variants); --duration-s: s per level.
+    # Cost under load, measured: each variant served by `leaninfer serve` and driven by the load generator, then
+    # at saturation by wrk when installed (leaninfer/benchmarks/serve_load.py), next to the offline bench at
+    # batch 1, m/4, m/2, m (m = the server's max batch size), read at the server's mean batch at saturation.
+    # About 4.5 minutes on 2 cores before the wrk level and the extra offline batch sizes were added (a rough
+    # estimate now: 6 minutes); --duration-s: s per level.
     "serve-cpu": {
-        "description": "served cost against load: minilm FP32 vs onnx+ort-int8 (embeddings, c=1/8/32, 25/75 req/s), "
-                       "random:gpt2 FP32 vs int8 (completions, 32 new tokens, c=1/4/16, 1/3 req/s); offline bench "
-                       "at the max batch size alongside",
+        "description": "served cost against load: minilm FP32 vs onnx+ort-int8 (embeddings, c=1/8/32, 25/75 req/s, "
+                       "then c=32 driven by wrk), random:gpt2 FP32 vs int8 (completions, 32 new tokens, c=1/4/16, "
+                       "1/3 req/s, then c=16 by wrk); saturation compared with the offline bench at the served "
+                       "mean batch size (measured at 1, m/4, m/2, m; interpolated in 1/batch)",
         "serve_load": {
             "groups": [
                 {"model": "minilm", "variants": ["fp32", "onnx+ort-int8"], "endpoint": "embeddings",

@@ -1,7 +1,10 @@
 """Cost under load: a tiny served run end to end (two variants of random:tiny-gpt2, a subprocess server each,
-two short levels), every reported figure recomputed here from the raw samples the run recorded."""
+two short levels, then the wrk level where wrk is installed), every reported figure recomputed here from the raw
+samples the run recorded; and the report's arithmetic (offline figure at the served batch size, the wrk level,
+the saturation level) on hand-made raw levels, without a server."""
 
 import json
+import shutil
 
 import matplotlib
 import numpy as np
@@ -10,7 +13,20 @@ import pytest
 matplotlib.use("Agg")
 
 from leaninfer.benchmarks.plots import cost_under_load_figure  # noqa: E402
-from leaninfer.benchmarks.serve_load import ServeGroup, ServeLoadConfig, run_serve_load, serve_load_config  # noqa: E402
+from leaninfer.benchmarks.serve_load import (  # noqa: E402
+    ServeGroup,
+    ServeLoadConfig,
+    offline_batch_sizes,
+    run_serve_load,
+    serve_load_config,
+    wrk_bodies,
+)
+from leaninfer.benchmarks.serve_load_report import (  # noqa: E402
+    build_serve_load_report,
+    offline_figure,
+    to_markdown,
+    wrk_level_summary,
+)
 from leaninfer.benchmarks.suites import get_suite  # noqa: E402
 from leaninfer.errors import LeaninferError  # noqa: E402
 
@@ -32,12 +48,16 @@ def run(tmp_path_factory):
     return out, report
 
 
-def _levels(report):
+HAS_WRK = shutil.which("wrk") is not None
+
+
+def _levels(report, client="loadgen"):
     (group,) = report["groups"]
     for v in group["variants"]:
         assert v["status"] == "ok", v["error"]
         for summary, raw in zip(v["levels"], v["raw_levels"], strict=True):
-            yield v, summary, raw
+            if summary["client"] == client:
+                yield v, summary, raw
 
 
 def _ok(raw):
@@ -49,7 +69,7 @@ def test_every_level_reported_with_percentiles_of_its_samples(run):
     (group,) = report["groups"]
     assert [v["name"] for v in group["variants"]] == ["fp32", "int8"]
     for v in group["variants"]:
-        assert [lv["label"] for lv in v["levels"]] == ["c=2", "20 req/s"]
+        assert [lv["label"] for lv in v["levels"]] == ["c=2", "20 req/s"] + (["c=2 (wrk)"] if HAS_WRK else [])
     for _, lv, raw in _levels(report):
         ok = _ok(raw)
         assert ok and lv["errors"] == 0
@@ -95,22 +115,46 @@ def test_goodput_counts_the_requests_meeting_the_slo(run):
         assert lv["goodput_requests_per_s"] == pytest.approx(len(good) / raw["duration_s"])
 
 
-def test_saturation_set_against_the_offline_bench_at_the_max_batch(run):
+def test_saturation_set_against_the_offline_bench_at_the_served_batch(run):
     out, report = run
     (group,) = report["groups"]
     offline = json.loads((out / "offline" / "random_tiny-gpt2" / "report.json").read_text())
     for v in group["variants"]:
-        (off,) = [r for ov in offline["variants"] if ov["name"] == v["name"] for r in ov["results"]
-                  if r["batch_size"] == 2]
+        costs = {r["batch_size"]: r["cost"]["usd_per_1k_tokens"] for ov in offline["variants"]
+                 if ov["name"] == v["name"] for r in ov["results"]}
+        assert sorted(costs) == offline_batch_sizes(2) == [1, 2]
         sat = v["saturation"]
-        c2 = v["levels"][0]
-        assert sat["level"] == "c=2" and sat["offline_batch_size"] == 2
-        assert sat["offline_usd_per_1k_tokens"] == off["cost"]["usd_per_1k_tokens"]
-        assert sat["metered_over_offline"] == pytest.approx(c2["usd_per_1k_tokens_metered"]
-                                                            / off["cost"]["usd_per_1k_tokens"])
+        lv = next(lv for lv in v["levels"] if lv["label"] == sat["level"])
+        assert sat["level"] == ("c=2 (wrk)" if HAS_WRK else "c=2") and sat["client"] == lv["client"]
+        # matched at the server's mean decode batch at that level, between the two measured sizes (1/batch)
+        b = lv["mean_batch_size"]["decode"]
+        assert sat["mean_batch_size"] == b and 1 <= b <= 2
+        want = costs[1] + (1 / b - 1) / (1 / 2 - 1) * (costs[2] - costs[1])
+        assert sat["offline_usd_per_1k_tokens"] == pytest.approx(want, rel=1e-9) and sat["offline_batch_size"] == b
+        assert sat["offline_max_batch"]["usd_per_1k_tokens"] == costs[2]
+        assert sat["metered_over_offline"] == pytest.approx(lv["usd_per_1k_tokens_metered"] / want)
+        assert sat["metered_over_offline_max_batch"] == pytest.approx(lv["usd_per_1k_tokens_metered"] / costs[2])
         assert sat["within_15pct"] == (abs(sat["metered_over_offline"] - 1) <= 0.15)
     md = (out / "report.md").read_text()
-    assert "metered / offline" in md and "$/1K all-in" in md
+    assert "metered / offline" in md and "$/1K all-in" in md and "matching batch" in md
+    assert ("| c=2 (wrk) |" in md) == HAS_WRK
+
+
+@pytest.mark.skipif(not HAS_WRK, reason="wrk is not installed")
+def test_wrk_level_metered_from_the_servers_counters(run):
+    _, report = run
+    levels = list(_levels(report, client="wrk"))
+    assert len(levels) == 2  # one per variant
+    for _, lv, raw in levels:
+        before, after = raw["metrics_before"], raw["metrics_after"]
+        tokens = after["leaninfer_output_tokens_total"] - before["leaninfer_output_tokens_total"]
+        cost = after["leaninfer_cost_usd_total"] - before["leaninfer_cost_usd_total"]
+        assert raw["wrk"]["requests"] > 0 and raw["wrk"]["errors"] == 0 and tokens > 0
+        assert lv["server_tokens"] == tokens and lv["requests_per_s"] == raw["wrk"]["req_per_s"]
+        assert lv["usd_per_1k_tokens_metered"] == pytest.approx(cost / tokens * 1000, rel=1e-9)
+        assert raw["duration_s"] >= raw["wrk_duration_s"] * 0.9  # until the server finished wrk's last requests
+        assert lv["ttft"]["n"] == 0 and lv["goodput_requests_per_s"] is None and lv["guidellm"] is None
+        assert 0 < lv["client_cpu_s"] and lv["e2e"]["p50_ms"] <= lv["e2e"]["p99_ms"]
 
 
 def test_guidellm_named_fields(run):
@@ -135,15 +179,21 @@ def test_plot_one_line_per_variant_and_cost_next_to_offline(run):
     by_style = {}
     for line in ax.lines:
         by_style.setdefault(line.get_linestyle(), []).append(line.get_label())
-    assert by_style == {"-": ["fp32: all-in", "int8: all-in"], "--": ["fp32: metered", "int8: metered"],
-                        ":": ["fp32: offline, batch 2", "int8: offline, batch 2"]}
     (group,) = report["groups"]
+    offline = [f"{v['name']}: offline, batch {v['saturation']['offline_matching']['batch_size']:.3g} (served mean "
+               f"batch at {v['saturation']['level']})" for v in group["variants"]]
+    want = {"-": ["fp32: all-in", "int8: all-in"], "--": ["fp32: metered", "int8: metered"], ":": offline}
+    if HAS_WRK:  # unconnected markers
+        want["None"] = [f"{n}: metered, c=2 (wrk)" for n in ("fp32", "int8")]  # no all-in: wrk cuts requests
+    assert by_style == want
     for line in ax.lines:
         v = next(v for v in group["variants"] if line.get_label().startswith(v["name"] + ":"))
-        if line.get_linestyle() == ":":  # a horizontal marker at the offline figure
-            assert set(line.get_ydata()) == {v["offline"]["usd_per_1k_tokens"]}
+        if line.get_linestyle() == ":":  # a horizontal marker at the offline figure the saturation is set against
+            assert set(line.get_ydata()) == {v["saturation"]["offline_usd_per_1k_tokens"]}
+        elif line.get_linestyle() == "None":
+            assert len(line.get_xdata()) == 1
         else:
-            assert len(line.get_xdata()) == 2  # both levels
+            assert len(line.get_xdata()) == 2  # both Python levels
     assert ax.get_ylabel().startswith("$ per 1K output tokens")
     legend = ax.get_legend()
     fig.canvas.draw()
@@ -163,3 +213,130 @@ def test_serve_cpu_suite_and_flags():
     assert cfg.price()[1] == "priced as aws-c7a.large"
     with pytest.raises(LeaninferError, match="--batch-sizes"):
         serve_load_config("serve-cpu", settings, ["--batch-sizes"])
+
+
+# -- the report's arithmetic on hand-made raw levels (no server) --------------------------------------------------
+# Offline $/1K at batch 1, 8, 16, 32. Between 8 and 16, cost per token = a + b/batch: a + b/8 = 2e-5 and
+# a + b/16 = 1.5e-5, so b = 8e-5, a = 1e-5.
+OFFLINE = {"name": "fp32", "results": [{"kind": "embedding", "batch_size": b, "tokens_per_s": 1000.0 * b,
+                                        "cost": {"usd_per_1k_tokens": c}}
+                                       for b, c in ((1, 1e-4), (8, 2e-5), (16, 1.5e-5), (32, 1.25e-5))]}
+
+
+def test_offline_figure_interpolated_in_one_over_batch():
+    off = offline_figure(OFFLINE, 12)
+    assert off["usd_per_1k_tokens"] == pytest.approx(1.6666666666666667e-05, rel=1e-12)  # 1e-5 + 8e-5 / 12
+    assert off["interpolated_between"] == [8, 16] and not off["measured"] and off["clamped_to"] is None
+    assert off["batch_size"] == 12 and off["tokens_per_s"] is None
+
+
+def test_offline_figure_exact_hit_and_clamped_at_the_ends():
+    exact = offline_figure(OFFLINE, 16)
+    assert exact["usd_per_1k_tokens"] == 1.5e-5 and exact["measured"] and exact["interpolated_between"] is None
+    assert exact["tokens_per_s"] == 16000.0
+    assert offline_figure(OFFLINE, 16.0)["measured"]  # a mean batch of exactly 16 is the measured point
+    low, high = offline_figure(OFFLINE, 0.5), offline_figure(OFFLINE, 40)
+    assert (low["usd_per_1k_tokens"], low["clamped_to"]) == (1e-4, 1)
+    assert (high["usd_per_1k_tokens"], high["clamped_to"]) == (1.25e-5, 32)
+    assert offline_figure({"results": []}, 8) is None and offline_figure(None, 8) is None
+
+
+def _metrics(cost, busy, tokens, calls, rows):
+    return {"leaninfer_cost_usd_total": cost, "leaninfer_engine_busy_seconds_total": busy,
+            "leaninfer_input_tokens_total": tokens, "leaninfer_output_tokens_total": 0.0,
+            "leaninfer_engine_utilization": 0.9, "leaninfer_requests_total": 0.0,
+            "leaninfer_batch_size_sum:embedding": rows, "leaninfer_batch_size_count:embedding": calls}
+
+
+def _wrk_raw():
+    # over the level: $0.0002 metered, 3.6 s busy, 8000 input tokens, 25 model calls of 300 rows in all (12 each)
+    return {"mode": "wrk", "level": 32.0, "client": "wrk", "duration_s": 4.0, "wrk_duration_s": 3.9,
+            "wrk": {"requests": 300, "errors": 0, "non2xx": 0, "duration_us": 3_900_000, "p50_us": 120_000,
+                    "p95_us": 180_000, "p99_us": 200_000, "req_per_s": 300 / 3.9, "client_cpu_s": 0.2},
+            "metrics_before": _metrics(0.001, 10.0, 1000.0, 100.0, 500.0),
+            "metrics_after": _metrics(0.0012, 13.6, 9000.0, 125.0, 800.0),
+            "server_cpu_s": 7.5, "client_cpu_s": 0.2}
+
+
+def _python_raw(c):
+    samples = [{"ok": True, "start": 0.1 * i, "end": 0.1 * i + 0.2, "ttft_s": None, "itl_s": [], "input_tokens": 40,
+                "output_tokens": 0, "status": 200, "error": None} for i in range(50)]
+    # 2000 tokens for $0.0001 metered (5e-5 $/1K), 4 calls of 32 rows
+    return {"mode": "concurrency", "level": float(c), "client": "loadgen", "duration_s": 5.0, "samples": samples,
+            "metrics_before": _metrics(0.0, 0.0, 0.0, 0.0, 0.0),
+            "metrics_after": _metrics(0.0001, 4.0, 2000.0, 4.0, 128.0), "server_cpu_s": 6.0, "client_cpu_s": 1.5}
+
+
+def test_wrk_level_metered_from_the_metrics_deltas():
+    lv = wrk_level_summary(_wrk_raw(), "embeddings", usd_per_hour=0.36)
+    assert lv["label"] == "c=32 (wrk)" and lv["client"] == "wrk"
+    assert lv["server_tokens"] == 8000.0
+    assert lv["usd_per_1k_tokens_metered"] == pytest.approx(2.5e-05, rel=1e-9)  # 0.0002 / 8000 x 1000
+    # wrk cut the requests in flight when it stopped: their machine time bought no tokens, so no all-in figure
+    assert lv["usd_per_1k_tokens_all_in"] is None and lv["all_in_cost_usd"] is None
+    assert lv["utilization"] == pytest.approx(0.9)  # 3.6 busy s / 4 s
+    assert lv["mean_batch_size"] == {"embedding": 12.0}
+    assert lv["tokens_per_s"] == 2000.0 and lv["requests_per_s"] == pytest.approx(300 / 3.9)
+    assert (lv["e2e"]["p50_ms"], lv["e2e"]["p95_ms"], lv["e2e"]["p99_ms"], lv["e2e"]["n"]) == (120, 180, 200, 300)
+    assert lv["ttft"] == {"n": 0} and lv["goodput_fraction"] is None
+    assert (lv["server_cpu_s"], lv["client_cpu_s"]) == (7.5, 0.2)
+
+
+def _state(levels, wrk="/usr/bin/wrk"):
+    group = ServeGroup(model="m", concurrency=[8, 32], max_batch_size=32).model_dump()
+    return {"meta": {"usd_per_hour": 0.36, "priced_as": "--usd-per-hour 0.36", "command": "leaninfer bench",
+                     "started": "2026-01-01T00:00:00+00:00", "wrk": wrk},
+            "groups": [{"group": group, "offline_dir": "/tmp/offline/m", "offline": {"fp32": OFFLINE},
+                        "served": {"fp32": {"status": "ok", "reference": "m", "levels": levels}}}]}
+
+
+def test_saturation_uses_the_wrk_level_at_the_matching_batch():
+    report = build_serve_load_report(_state([_python_raw(8), _python_raw(32), _wrk_raw()]))
+    (v,) = report["groups"][0]["variants"]
+    sat = v["saturation"]
+    assert sat["level"] == "c=32 (wrk)" and sat["client"] == "wrk"
+    assert sat["matching_call_kind"] == "embedding" and sat["mean_batch_size"] == 12.0
+    assert sat["offline_usd_per_1k_tokens"] == pytest.approx(1.6666666666666667e-05, rel=1e-12)
+    assert sat["metered_over_offline"] == pytest.approx(2.5e-05 / 1.6666666666666667e-05)  # 1.5
+    assert sat["metered_over_offline_max_batch"] == pytest.approx(2.5e-05 / 1.25e-5)  # 2.0
+    assert not sat["within_15pct"]
+    md = to_markdown(report)
+    assert "| fp32 | c=32 (wrk) | 76.9 | 0 | 120 / 180 / 200 (n=300) | – | – | – |" in md
+    assert "1.67e-05 (batch 12.0, interpolated 8–16) | 1.50x | 1.25e-05 (batch 32) | 2.00x | no |" in md
+    assert "Driven by the Python client" not in md
+
+
+def test_saturation_without_wrk_is_the_python_clients_highest_concurrency():
+    report = build_serve_load_report(_state([_python_raw(8), _python_raw(32)], wrk=None))
+    (v,) = report["groups"][0]["variants"]
+    sat = v["saturation"]
+    assert sat["level"] == "c=32" and sat["client"] == "loadgen" and sat["client_cpu_s"] == 1.5
+    assert sat["mean_batch_size"] == 32.0 and sat["offline_matching"]["measured"]  # 128 rows / 4 calls
+    assert sat["metered_over_offline"] == pytest.approx(5e-05 / 1.25e-5)  # 4.0
+    md = to_markdown(report)
+    assert "`wrk` was not installed" in md and "Driven by the Python client at saturation" in md
+    assert "| c=32 (wrk) |" not in md and "| fp32 | c=32 | " in md
+
+
+def test_a_failed_wrk_level_is_reported_and_saturation_falls_back():
+    failed = {"mode": "wrk", "level": 32.0, "client": "wrk", "error": "CalledProcessError: wrk exited 1"}
+    report = build_serve_load_report(_state([_python_raw(32), failed]))
+    (v,) = report["groups"][0]["variants"]
+    assert v["levels"][1] == {"mode": "wrk", "level": 32.0, "client": "wrk", "label": "c=32 (wrk)",
+                              "error": "CalledProcessError: wrk exited 1"}
+    assert v["saturation"]["level"] == "c=32"
+    assert "| fp32 | c=32 (wrk) failed: CalledProcessError: wrk exited 1 |" in to_markdown(report)
+    assert cost_under_load_figure(report) is not None
+
+
+def test_wrk_bodies_are_the_load_generators_prompts_non_streaming():
+    emb = ServeGroup(model="m", prompt_tokens=8)
+    path, bodies = wrk_bodies(emb, "m", n=3)
+    assert path == "/v1/embeddings" and len(bodies) == 3 and len({b["input"][0] for b in bodies}) == 3
+    assert all(b["model"] == "m" and len(b["input"]) == 1 and len(b["input"][0].split()) == 8 for b in bodies)
+    gen = ServeGroup(model="g", endpoint="completions", prompt_tokens=8, max_tokens=4)
+    path, bodies = wrk_bodies(gen, "g", n=2)
+    assert path == "/v1/completions"
+    assert {k: v for k, v in bodies[0].items() if k != "prompt"} == {
+        "model": "g", "max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": False}
+    assert offline_batch_sizes(32) == [1, 8, 16, 32] and offline_batch_sizes(1) == [1]

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 __version__ = "0.1.0"
 
 # Offline by default: a user who wants the Hub sets HF_HUB_OFFLINE=0 explicitly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# `leaninfer serve` shares its cores with the HTTP work of every request. OpenMP workers that spin between ops
-# (libgomp's default) take those cores from it: measured on 2 vCPUs, minilm served 120 -> 163 req/s and the
-# server's CPU time per request fell by a third once they sleep instead (docs/serving.md). libgomp reads this
-# when torch loads it, hence here, before any import; a user's own setting wins.
-if sys.argv[1:2] == ["serve"]:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy is left at libgomp's default (workers spin briefly between ops, then sleep). `serve` used to
+# set PASSIVE (workers sleep at once): that helped one 2-thread embeddings engine share 2 vCPUs with the event
+# loop, but it made every op of a decode step wake its workers: gpt2 INT8 served 23-35% dearer per token than at
+# the default. Embedding lanes (serving/engine.py) now run 1-thread calls on 2 vCPUs, where the policy changes
+# nothing (227 vs 230 req/s, same run). Measured in docs/serving.md; a user's OMP_WAIT_POLICY still applies.
 logging.getLogger("leaninfer").addHandler(logging.NullHandler())
 
 from . import logs  # noqa: E402

@@ -7,6 +7,7 @@ prefix each step, which is fine for scoring and short outputs, and said in the d
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +30,33 @@ class OrtModel(Model):
         import onnxruntime as ort
 
         self.graph_path = Path(graph_path)
+        self._threads = threads or default_threads()
+        self._providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            self._providers.insert(0, "CUDAExecutionProvider")
+        self.session = self._new_session(self._threads)
+        self._input_names = [i.name for i in self.session.get_inputs()]
+        self._lane = threading.local()  # share_cores: a lane thread's own session
+
+    def _new_session(self, threads: int):
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or default_threads()
+        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(self.graph_path), opts, providers=providers)
-        self._input_names = [i.name for i in self.session.get_inputs()]
+        return ort.InferenceSession(str(self.graph_path), opts, providers=self._providers)
+
+    def max_lanes(self) -> int:
+        return self._threads if self.session.get_providers()[0] == "CPUExecutionProvider" else 1
+
+    def share_cores(self, lanes: int) -> None:
+        """ONNX Runtime's intra-op thread pool belongs to a session, so a lane thread gets a session of its own
+        with its share of the threads (the graph and its weights are loaded once more per lane)."""
+        self._lane.session = self._new_session(max(1, self._threads // max(1, min(lanes, self._threads))))
+
+    def _session(self):
+        return getattr(self._lane, "session", None) or self.session
 
     def num_parameters(self) -> int:
         if self.manifest and self.manifest.get("num_parameters"):
@@ -54,10 +73,10 @@ class OrtModel(Model):
         return {k: enc[k] for k in self._input_names}
 
     def embed_batch(self, enc):
-        return self.session.run(None, self._feed(enc))[0]
+        return self._session().run(None, self._feed(enc))[0]
 
     def logits_batch(self, enc):
-        return self.session.run(None, self._feed(enc))[0].astype(np.float32, copy=False)
+        return self._session().run(None, self._feed(enc))[0].astype(np.float32, copy=False)
 
     def moved_to(self, folder: Path, manifest: dict) -> Model:
         # The session already holds the graph; only where its files now live changes.

@@ -53,8 +53,9 @@ class BatchingConfig(BaseModel):
                                                             "padded tokens; a window of queued texts is cut by "
                                                             "length into the calls of least total cost (core.py)")
     lanes: int = Field(2, ge=1, description="embeddings: model calls that may run at once, each on 1/lanes of "
-                                            "the CPU threads (a PyTorch model on the CPU; other models run one "
-                                            "call at a time); each call is metered at its share of the machine")
+                                            "the CPU threads (PyTorch or ONNX Runtime on the CPU; an ONNX lane "
+                                            "loads its own session; others run one call at a time); each call "
+                                            "is metered at its share of the machine")
     max_queue: int = Field(256, ge=1, description="requests waiting per model beyond this get a 503 with "
                                                   "Retry-After")
     max_queue_tokens: int = Field(65536, ge=1, description="tokens waiting per model (embeddings: inputs' "
@@ -188,8 +189,7 @@ class EmbeddingEngine(_EngineBase):
     at a time on 2 threads and 278-288 as two calls at once on 1 thread each (no barrier between the two
     threads of every op); and in the server the event loop's work then slows one lane, not every op of every
     call. Each call is metered at its share of the machine (its seconds / lanes), so the meter still adds up
-    to at most the machine's time. A backend that can't share cores (ONNX Runtime, OpenVINO, a GPU) gets one
-    lane.
+    to at most the machine's time. A backend that can't share cores (OpenVINO, a GPU) gets one lane.
     """
 
     def __init__(self, *args, **kw):

@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 
+import leaninfer
+
 from .conftest import app_client
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,6 +40,28 @@ def test_share_cores_sets_the_calling_thread_only(minilm):
     later.join()
     assert seen == {"lane": whole // 2, "later": whole}
     assert _threads_now() == whole
+
+
+def test_an_onnx_lane_gets_a_session_of_its_own_with_its_share_of_the_threads(tmp_path, tiny_bert):
+    ort_model = leaninfer.optimize(tiny_bert, "onnx", tmp_path / "o").model
+    whole = ort_model.max_lanes()
+    if whole < 2:
+        pytest.skip("one CPU thread: nothing to share")
+    enc = tiny_bert.tokenize(["a lane's own session", "gives the same vectors as the shared one"])
+    seen = {}
+
+    def lane():
+        ort_model.share_cores(2)
+        seen["threads"] = ort_model._session().get_session_options().intra_op_num_threads
+        seen["vectors"] = ort_model.embed_batch(enc)
+        seen["own"] = ort_model._session() is not ort_model.session
+
+    t = threading.Thread(target=lane)
+    t.start()
+    t.join()
+    assert seen["own"] and seen["threads"] == whole // 2
+    assert ort_model._session() is ort_model.session  # other threads keep the shared session
+    np.testing.assert_allclose(seen["vectors"], ort_model.embed_batch(enc), atol=1e-6)
 
 
 def test_two_lanes_run_two_calls_at_once_same_vectors_metered_at_their_share(minilm, monkeypatch):

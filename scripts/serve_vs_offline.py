@@ -34,6 +34,7 @@ import httpx
 import psutil
 
 import leaninfer
+from leaninfer.benchmarks.serve_load import wait_idle
 from leaninfer.data import default_texts
 from leaninfer.serving import launch
 from leaninfer.serving.launch import stop_server
@@ -91,6 +92,9 @@ def drive(proc, port: int, texts: list[str], client: str, concurrency: int, dura
                "client_cpu_s": time.process_time() - c0}
     s1 = server.cpu_times()
     out["server_cpu_s"] = (s1.user + s1.system) - (s0.user + s0.system)
+    # wrk stops with requests queued: the server works them off (or sees them cancelled) for up to a second,
+    # which must not overlap the next measurement
+    wait_idle(f"http://127.0.0.1:{port}", "minilm", time.perf_counter())
     n = max(1, out["requests"])
     return out | {"client": client, "client_cpu_ms_per_req": 1e3 * out["client_cpu_s"] / n,
                   "server_cpu_ms_per_req": 1e3 * out["server_cpu_s"] / n}

@@ -72,6 +72,9 @@ class ServeGroup(BaseModel):
     concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32], description="closed-loop client counts")
     rates: list[float] = Field(default_factory=list, description="open-loop Poisson rates, requests/s")
     duration_s: float = Field(5.0, gt=0, description="seconds per level (in-flight requests then finish)")
+    wrk_duration_s: float | None = Field(None, gt=0, description="seconds of the wrk level (default: duration_s); "
+                                                                 "wrk cuts the requests in flight when it stops, "
+                                                                 "so it should span many request lifetimes")
     slo_ttft_ms: float | None = Field(None, gt=0, description="goodput: a request meets the SLO if its TTFT is "
                                                               "at most this (generation)")
     slo_e2e_ms: float | None = Field(None, gt=0, description="goodput: ... and its end-to-end latency at most this")
@@ -257,9 +260,10 @@ def wrk_level(base: str, name: str, group: ServeGroup, server) -> dict:
     raw = {"mode": "wrk", "level": float(c), "client": "wrk", "path": path, "bodies": len(bodies)}
     try:
         launch.run_wrk(base, path, bodies, c, min(2.0, group.duration_s))  # warm-up
+        seconds = group.wrk_duration_s or group.duration_s
         m0, _ = wait_idle(base, name, time.perf_counter())
         s0, t0 = server.cpu_times(), time.perf_counter()
-        res = launch.run_wrk(base, path, bodies, c, group.duration_s)
+        res = launch.run_wrk(base, path, bodies, c, seconds)
         m1, end = wait_idle(base, name, time.perf_counter())
         s1 = server.cpu_times()
     except Exception as e:  # wrk missing a line, a server that never settles...: said in the report
@@ -365,6 +369,8 @@ def serve_load_config(suite: str, settings: dict, others_given: list[str], **fla
                              f"don't apply to it: {', '.join(others_given)} (valid: --hardware, --usd-per-hour, "
                              "--duration-s, --slo-e2e-ms, --slo-ttft-ms, --out)")
     per_group = {k: flags.pop(k) for k in ("duration_s", "slo_e2e_ms", "slo_ttft_ms") if flags.get(k) is not None}
+    if "duration_s" in per_group:  # --duration-s sets every level's, the wrk level's included
+        per_group["wrk_duration_s"] = per_group["duration_s"]
     groups = [{**g, **per_group} for g in settings["serve_load"]["groups"]]
     top = {k: v for k, v in settings["serve_load"].items() if k != "groups"}
     return ServeLoadConfig(groups=groups, suite=suite, **top, **{k: v for k, v in flags.items() if v is not None})

@@ -59,10 +59,11 @@ SUITES: dict[str, dict] = {
             "groups": [
                 {"model": "minilm", "variants": ["fp32", "onnx+ort-int8"], "endpoint": "embeddings",
                  "prompt_tokens": 32, "offline_tokens": 38, "max_batch_size": 32,
-                 "concurrency": [1, 8, 32], "rates": [25, 75], "duration_s": 5},
+                 "concurrency": [1, 8, 32], "rates": [25, 75], "duration_s": 5, "wrk_duration_s": 10},
                 {"model": "random:gpt2", "variants": ["fp32", "int8"], "endpoint": "completions",
                  "prompt_tokens": 32, "offline_tokens": 38, "max_tokens": 32, "max_batch_size": 16,
-                 "concurrency": [1, 4, 16], "rates": [1, 3], "duration_s": 8},
+                 "concurrency": [1, 4, 16], "rates": [1, 3], "duration_s": 8,
+                 "wrk_duration_s": 30},  # requests of 2-5 s: many lifetimes, few cut off at the end
             ],
         },
     },

@@ -209,6 +209,8 @@ def test_serve_cpu_suite_and_flags():
     cfg = serve_load_config("serve-cpu", settings, [], hardware="aws-c7a.large", usd_per_hour=None, duration_s=2.0,
                             slo_e2e_ms=None, slo_ttft_ms=300.0)
     assert [g.duration_s for g in cfg.groups] == [2.0, 2.0]
+    assert [g.wrk_duration_s for g in cfg.groups] == [2.0, 2.0]  # the flag sets the wrk level's too
+    assert [g.wrk_duration_s for g in serve_load_config("serve-cpu", settings, []).groups] == [10, 30]
     assert [g.slo_ttft_ms for g in cfg.groups] == [300.0, 300.0]
     assert cfg.price()[1] == "priced as aws-c7a.large"
     with pytest.raises(LeaninferError, match="--batch-sizes"):

@@ -132,7 +132,8 @@ class Model:
 
     def share_cores(self, lanes: int) -> None:
         """Make the model calls of the calling thread use 1/``lanes`` of the CPU threads, so that ``lanes``
-        threads (at most ``max_lanes()``) can call this model at once without oversubscribing the cores."""
+        threads (at most ``max_lanes()``) can call this model at once without oversubscribing the cores;
+        ``share_cores(1)`` gives the thread the whole machine again. Cheap when the share doesn't change."""
 
     # -- causal LMs -------------------------------------------------------------------------------------
     def logits_batch(self, enc: dict[str, np.ndarray]) -> np.ndarray:

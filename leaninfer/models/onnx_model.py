@@ -51,9 +51,17 @@ class OrtModel(Model):
         return self._threads if self.session.get_providers()[0] == "CPUExecutionProvider" else 1
 
     def share_cores(self, lanes: int) -> None:
-        """ONNX Runtime's intra-op thread pool belongs to a session, so a lane thread gets a session of its own
-        with its share of the threads (the graph and its weights are loaded once more per lane)."""
-        self._lane.session = self._new_session(max(1, self._threads // max(1, min(lanes, self._threads))))
+        """ONNX Runtime's intra-op thread pool belongs to a session, so a lane thread that shares the cores
+        gets a session of its own with its share of the threads (the graph and its weights loaded once more,
+        on first use); one that has the machine to itself uses the handle's session."""
+        threads = max(1, self._threads // max(1, min(lanes, self._threads)))
+        if threads == self._threads:
+            self._lane.session = None
+            return
+        own = self._lane.__dict__.setdefault("own", {})
+        if threads not in own:
+            own[threads] = self._new_session(threads)
+        self._lane.session = own[threads]
 
     def _session(self):
         return getattr(self._lane, "session", None) or self.session

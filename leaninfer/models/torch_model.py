@@ -32,6 +32,7 @@ from .torch_modules import (
 from .torch_runner import KVCacheRunner
 
 STATE_FILE = "model_state.pt"
+_this_thread = threading.local()  # share_cores: the intra-op threads this thread last set
 DECODE_MODES = ("dynamic", "static", "cuda-graphs")
 
 
@@ -65,17 +66,23 @@ class TorchModel(Model):
 
     def share_cores(self, lanes: int) -> None:
         """PyTorch keeps its intra-op thread count per calling thread (OpenMP's per-thread setting, and MKL's
-        thread-local one), so each lane thread sets its own share. ``torch.set_num_threads`` also writes the
-        process-wide default that threads read on their first parallel op; a short-lived thread puts that
-        back, so threads that start later (another model's engine, say) get the whole machine as before."""
+        thread-local one), so a lane thread sets its own share, and changes it only when the share changes.
+        ``torch.set_num_threads`` also writes the process-wide default that threads read on their first
+        parallel op; a short-lived thread puts that back, so threads that start later (another model's engine,
+        say) get the whole machine as before."""
         import torch
 
         whole = _whole_machine_threads()
+        threads = max(1, whole // max(1, min(lanes, whole)))
+        if getattr(_this_thread, "threads", None) == threads:
+            return
         torch.get_num_threads()  # this thread's lazy first-use setup, which would overwrite the setting below
-        torch.set_num_threads(max(1, whole // max(1, min(lanes, whole))))
-        restore = threading.Thread(target=_set_default_threads, args=(whole,), name="leaninfer-threads")
-        restore.start()
-        restore.join()
+        torch.set_num_threads(threads)
+        _this_thread.threads = threads
+        if threads != whole:
+            restore = threading.Thread(target=_set_default_threads, args=(whole,), name="leaninfer-threads")
+            restore.start()
+            restore.join()
 
     def _inputs(self, enc):
         import torch

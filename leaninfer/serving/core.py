@@ -589,6 +589,43 @@ class GenerationScheduler:
 # Utilization
 
 
+class MachineShares:
+    """Machine time of concurrent model calls: while k calls run, each accrues 1/k of the elapsed time, so the
+    calls' times add up to the time any of them ran (embedding lanes are metered with it). Not thread-safe:
+    the caller holds a lock.
+
+    >>> clock = iter([0.0, 1.0, 3.0, 4.0]).__next__
+    >>> m = MachineShares(clock)
+    >>> m.start("a"); m.start("b")   # a alone for 1 s, then a and b together for 2 s
+    >>> m.stop("a"), m.stop("b")     # a: 1 + 2/2; b: 2/2 + 1 alone
+    (2.0, 2.0)
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.running: dict[object, float] = {}
+        self.last = 0.0
+
+    def running_now(self) -> int:
+        return len(self.running)
+
+    def _advance(self) -> None:
+        now = self.clock()
+        if self.running:
+            each = (now - self.last) / len(self.running)
+            for k in self.running:
+                self.running[k] += each
+        self.last = now
+
+    def start(self, key: object) -> None:
+        self._advance()
+        self.running[key] = 0.0
+
+    def stop(self, key: object) -> float:
+        self._advance()
+        return self.running.pop(key)
+
+
 class BusyWindow:
     """Fraction of the last ``window_s`` seconds the engine spent computing (its utilization).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .core import (
     GenerationScheduler,
     GenEvent,
     GenSequence,
+    MachineShares,
     SamplingParams,
     form_embedding_batches,
     split_cost,
@@ -85,7 +87,8 @@ class Meter:
         return d
 
 
-QUIET_MS = 3.0  # embeddings: a pause in arrivals this long ends the wait for a fuller batch (core.wait_for_batch)
+QUIET_MS = 3.0
+OVERLAP_MEMORY_S = 1.0  # embeddings lanes: how long after two calls overlapped a lane keeps to its share  # embeddings: a pause in arrivals this long ends the wait for a fuller batch (core.wait_for_batch)
 
 
 def queue_full(name: str, depth: int) -> OpenAIError:
@@ -185,11 +188,13 @@ class EmbeddingEngine(_EngineBase):
     """Dynamic batching for embeddings: wait up to ``max_wait_ms`` for a batch to fill, group by length.
 
     Design note: lanes. ``lanes`` engine threads share the queue, each running its own model calls on its
-    share of the cores (``Model.share_cores``). On a 2-vCPU CPU, minilm offline ran 239-257 texts/s as one call
+    share of the cores (``Model.share_cores``): all of them while it is the only lane in a call (a lone
+    request at low load keeps its latency), 1/k of them while k lanes are. On a 2-vCPU CPU, minilm offline ran 239-257 texts/s as one call
     at a time on 2 threads and 278-288 as two calls at once on 1 thread each (no barrier between the two
     threads of every op); and in the server the event loop's work then slows one lane, not every op of every
-    call. Each call is metered at its share of the machine (its seconds / lanes), so the meter still adds up
-    to at most the machine's time. A backend that can't share cores (OpenVINO, a GPU) gets one lane.
+    call. Each call is metered at its share of the machine (``core.MachineShares``: while k lanes are in a
+    call, each accrues 1/k of the time), so the meter adds up to the time the model ran. A backend that can't share cores (OpenVINO, a
+    GPU) gets one lane.
     """
 
     def __init__(self, *args, **kw):
@@ -202,6 +207,9 @@ class EmbeddingEngine(_EngineBase):
         # per lane: taken off the queue, not yet answered (failed if a thread dies), and their requests
         self._taken: dict[int, list[EmbedItem]] = {}
         self._in_flight: dict[int, int] = {}
+        self._shares = MachineShares()  # lanes inside a model call now, and each call's machine time
+        self._busy: set[int] = set()  # lanes running a window
+        self._overlapped_at = -math.inf  # when two lanes were last in a model call at once
 
     def pending(self) -> int:
         with self._cv:
@@ -225,7 +233,7 @@ class EmbeddingEngine(_EngineBase):
                 raise queue_tokens_full(self.name, self.queue.tokens, self.config.max_queue_tokens)
             self.queue.add([EmbedItem(t, request=job, index=k, enqueued_at=now) for k, t in enumerate(token_lists)])
             self.metrics.queue_depth.labels(self.name).set(waiting + 1)
-            self._cv.notify()
+            self._cv.notify_all()  # a lane may wait for another to be busy (_take)
         try:
             await job.future
         except asyncio.CancelledError:
@@ -248,7 +256,9 @@ class EmbeddingEngine(_EngineBase):
         full = max(1, cfg.max_batch_size // self.lanes)
         with self._cv:
             while not self._stopping:
-                if self.queue.items:
+                # A lane takes work only while every lane below it is busy: at low load lane 0 serves alone,
+                # with every core and a warm thread team, instead of the lanes taking turns.
+                if self.queue.items and all(k in self._busy for k in range(lane)):
                     now = time.perf_counter()
                     start = max(free_since, self.queue.oldest())
                     left = wait_for_batch(now, self.queue.items, full, start, self.queue.newest, max_wait_s, quiet_s)
@@ -263,12 +273,13 @@ class EmbeddingEngine(_EngineBase):
             taken = self.queue.take(cfg.max_batch_size * (4 if self.lanes == 1 else 1))
             self._taken[lane] = taken
             self._in_flight[lane] = len({id(i.request) for i in taken})
+            if taken:
+                self._busy.add(lane)
+                self._cv.notify_all()  # the next lane may take what arrives now
             self.metrics.queue_depth.labels(self.name).set(len(self.queue))
             return taken
 
     def _run(self, lane: int) -> None:
-        if self.lanes > 1:
-            self.model.share_cores(self.lanes)
         free_since = 0.0
         while not self._stopping:
             taken = [i for i in self._take(lane, free_since) if not i.request.cancelled]
@@ -278,6 +289,7 @@ class EmbeddingEngine(_EngineBase):
             with self._cv:
                 self._in_flight[lane] = 0
                 self._taken[lane] = []
+                self._busy.discard(lane)
             free_since = time.perf_counter()
 
     def _fail_waiting(self, error: OpenAIError) -> None:
@@ -293,16 +305,29 @@ class EmbeddingEngine(_EngineBase):
         """Run one model call; return the jobs it finished (with the error that failed them, if any)."""
         if not batch:
             return []
+        key = object()
+        with self._cv:
+            self._shares.start(key)
+            now = time.perf_counter()
+            if self._shares.running_now() > 1:
+                self._overlapped_at = now
+            # Lanes that overlapped in the last second are under load: each keeps its share even while the other
+            # is between windows (a lone call on every core would then collide with the other's next one).
+            share = self.lanes if now - self._overlapped_at < OVERLAP_MEMORY_S else 1
         t0 = time.perf_counter()
         for i in batch:
             i.request.started_at = i.request.started_at or t0
         try:
+            if self.lanes > 1:  # alone, a lane gets every core (latency at low load); else its share
+                self.model.share_cores(share)
             enc = pad_left_or_right([i.token_ids for i in batch], self.pad_id, left=self.left)
             vecs = self.model.embed_batch(enc)
             error = None
         except Exception as e:  # fail this batch's requests, keep serving
             vecs, error = None, OpenAIError(500, f"embedding failed: {type(e).__name__}: {e}", type="server_error")
-        dt = (time.perf_counter() - t0) / self.lanes  # this call's share of the machine's time
+        finally:
+            with self._cv:
+                dt = self._shares.stop(key)  # this call's share of the machine's time (all of it when alone)
         self._record_busy(dt)
         self.metrics.batch_size.labels(self.name, "embedding").observe(len(batch))
         shares = split_cost(dt, [len(i.token_ids) for i in batch])

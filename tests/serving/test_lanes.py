@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import leaninfer
+from leaninfer.serving.engine import OVERLAP_MEMORY_S
 
 from .conftest import app_client
 
@@ -72,10 +73,12 @@ def test_two_lanes_run_two_calls_at_once_same_vectors_metered_at_their_share(min
     expected = minilm.embed(texts)
     meet = threading.Barrier(2, timeout=30)  # broken (an error) unless two calls are inside at the same time
     calls: list[str] = []
+    threads: list[int] = []  # intra-op threads each call ran with
     real = minilm.embed_batch
 
     def embed_batch(enc):
         calls.append(threading.current_thread().name)
+        threads.append(_threads_now())
         if len(calls) <= 2:
             meet.wait()
             time.sleep(0.5)  # both inside for 0.5 s: metered at 2 x 0.5 / 2 lanes, not 2 x 0.5
@@ -92,8 +95,10 @@ def test_two_lanes_run_two_calls_at_once_same_vectors_metered_at_their_share(min
             first = await asyncio.gather(*(c.post("/v1/embeddings", json={"model": "minilm", "input": t})
                                            for t in texts[:2]))
             wall, metered = time.perf_counter() - t0, busy._value.get() - b0
-            rest = await asyncio.gather(*(c.post("/v1/embeddings", json={"model": "minilm", "input": t})
-                                          for t in texts[2:]))
+            rest = []
+            for t in texts[2:]:
+                await asyncio.sleep(OVERLAP_MEMORY_S + 0.1)  # long after the overlap: no longer under load
+                rest.append(await c.post("/v1/embeddings", json={"model": "minilm", "input": t}))
         return first + rest, wall, metered
 
     responses, wall, metered = asyncio.run(main())
@@ -102,3 +107,8 @@ def test_two_lanes_run_two_calls_at_once_same_vectors_metered_at_their_share(min
     assert np.allclose(got, expected, atol=1e-5)
     assert {name.rsplit("-", 1)[-1] for name in calls[:2]} == {"minilm", "1"}  # one call on each lane
     assert 0.5 <= metered <= wall  # two calls of >= 0.5 s at once: the machine's time, not twice it
+    whole = minilm.max_lanes()
+    # the first call began alone (every core), the second beside it (its half); one at a time and a while
+    # after the overlap, every core again (on lane 0: lane 1 only takes work while lane 0 is busy)
+    assert sorted(threads[:2]) == [whole // 2, whole] and threads[2:] == [whole, whole]
+    assert [name.rsplit("-", 1)[-1] for name in calls[2:]] == ["minilm", "minilm"]

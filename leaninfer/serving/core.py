@@ -590,20 +590,28 @@ class GenerationScheduler:
 
 
 class MachineShares:
-    """Machine time of concurrent model calls: while k calls run, each accrues 1/k of the elapsed time, so the
-    calls' times add up to the time any of them ran (embedding lanes are metered with it). Not thread-safe:
-    the caller holds a lock.
+    """Machine time of concurrent model calls. Each call holds a fraction of the machine (``weight``: 1 for
+    every core, 1/2 for half of them); while calls of total weight W run, each accrues its weight / max(W, 1)
+    of the elapsed time. Calls that fit the machine are charged what they hold (a call on half the cores is
+    charged half, the idle half is nobody's), and calls that oversubscribe it split it, so the charges never add
+    up to more than the elapsed time. (Embedding lanes are metered with it.) Not thread-safe: the caller holds a
+    lock.
 
     >>> clock = iter([0.0, 1.0, 3.0, 4.0]).__next__
     >>> m = MachineShares(clock)
-    >>> m.start("a"); m.start("b")   # a alone for 1 s, then a and b together for 2 s
-    >>> m.stop("a"), m.stop("b")     # a: 1 + 2/2; b: 2/2 + 1 alone
-    (2.0, 2.0)
+    >>> m.start("a", 0.5); m.start("b", 0.5)   # a alone on half the machine for 1 s, then beside b for 2 s
+    >>> m.stop("a"), m.stop("b")               # a: 0.5 + 2 x 0.5; b: 2 x 0.5 + 0.5 alone
+    (1.5, 1.5)
+    >>> clock = iter([0.0, 1.0, 2.0, 3.0]).__next__
+    >>> m = MachineShares(clock)
+    >>> m.start("a", 1.0); m.start("b", 0.5)   # a on every core for 1 s, then b joins: 1.5 machines' worth
+    >>> round(m.stop("a"), 4), round(m.stop("b"), 4)   # a: 1 + 1 x 2/3; b: 1 x 1/3 + 1 x 0.5
+    (1.6667, 0.8333)
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
         self.clock = clock
-        self.running: dict[object, float] = {}
+        self.running: dict[object, list[float]] = {}  # key -> [weight, accrued seconds]
         self.last = 0.0
 
     def running_now(self) -> int:
@@ -612,18 +620,18 @@ class MachineShares:
     def _advance(self) -> None:
         now = self.clock()
         if self.running:
-            each = (now - self.last) / len(self.running)
-            for k in self.running:
-                self.running[k] += each
+            scale = (now - self.last) / max(1.0, sum(w for w, _ in self.running.values()))
+            for entry in self.running.values():
+                entry[1] += entry[0] * scale
         self.last = now
 
-    def start(self, key: object) -> None:
+    def start(self, key: object, weight: float = 1.0) -> None:
         self._advance()
-        self.running[key] = 0.0
+        self.running[key] = [weight, 0.0]
 
     def stop(self, key: object) -> float:
         self._advance()
-        return self.running.pop(key)
+        return self.running.pop(key)[1]
 
 
 class BusyWindow:

@@ -192,8 +192,9 @@ class EmbeddingEngine(_EngineBase):
     request at low load keeps its latency), 1/k of them while k lanes are. On a 2-vCPU CPU, minilm offline ran 239-257 texts/s as one call
     at a time on 2 threads and 278-288 as two calls at once on 1 thread each (no barrier between the two
     threads of every op); and in the server the event loop's work then slows one lane, not every op of every
-    call. Each call is metered at its share of the machine (``core.MachineShares``: while k lanes are in a
-    call, each accrues 1/k of the time), so the meter adds up to the time the model ran. A backend that can't share cores (OpenVINO, a
+    call. Each call is metered at the share of the machine it holds (``core.MachineShares``: a call on half the
+    cores is charged half its time; calls that oversubscribe the cores split them), so idle cores stay out of
+    the meter and the charges never exceed the elapsed time. A backend that can't share cores (OpenVINO, a
     GPU) gets one lane.
     """
 
@@ -307,13 +308,13 @@ class EmbeddingEngine(_EngineBase):
             return []
         key = object()
         with self._cv:
-            self._shares.start(key)
             now = time.perf_counter()
-            if self._shares.running_now() > 1:
+            if self._shares.running_now() > 0:
                 self._overlapped_at = now
             # Lanes that overlapped in the last second are under load: each keeps its share even while the other
             # is between windows (a lone call on every core would then collide with the other's next one).
             share = self.lanes if now - self._overlapped_at < OVERLAP_MEMORY_S else 1
+            self._shares.start(key, 1.0 / share)
         t0 = time.perf_counter()
         for i in batch:
             i.request.started_at = i.request.started_at or t0

@@ -48,8 +48,7 @@ SUITES: dict[str, dict] = {
     # Cost under load, measured: each variant served by `leaninfer serve` and driven by the load generator, then
     # at saturation by wrk when installed (leaninfer/benchmarks/serve_load.py), next to the offline bench at
     # batch 1, m/4, m/2, m (m = the server's max batch size), read at the server's mean batch at saturation.
-    # About 4.5 minutes on 2 cores before the wrk level and the extra offline batch sizes were added (a rough
-    # estimate now: 6 minutes); --duration-s: s per level.
+    # About 7.5 minutes on 2 cores (measured: 6 min 0 s to 7 min 29 s); --duration-s: s per level.
     "serve-cpu": {
         "description": "served cost against load: minilm FP32 vs onnx+ort-int8 (embeddings, c=1/8/32, 25/75 req/s, "
                        "then c=32 driven by wrk), random:gpt2 FP32 vs int8 (completions, 32 new tokens, c=1/4/16, "

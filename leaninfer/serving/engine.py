@@ -1,4 +1,5 @@
-"""Engines: one worker thread per served model runs the model; the asyncio side only submits and awaits.
+"""Engines: worker threads per served model (embeddings: one per lane; generation: one) run the model; the
+asyncio side only submits and awaits.
 
 The HTTP layer tokenizes and formats (on the event loop, or a worker thread for big requests); the engine
 thread only pads, runs the model and samples, so neither waits on the other (PyTorch and ONNX Runtime
@@ -87,8 +88,8 @@ class Meter:
         return d
 
 
-QUIET_MS = 3.0
-OVERLAP_MEMORY_S = 1.0  # embeddings lanes: how long after two calls overlapped a lane keeps to its share  # embeddings: a pause in arrivals this long ends the wait for a fuller batch (core.wait_for_batch)
+QUIET_MS = 3.0  # embeddings: a pause in arrivals this long ends the wait for a fuller batch (core.wait_for_batch)
+OVERLAP_MEMORY_S = 1.0  # embeddings lanes: how long after two calls overlapped a lane keeps to its share
 
 
 def queue_full(name: str, depth: int) -> OpenAIError:
@@ -187,15 +188,16 @@ class _EmbedJob:
 class EmbeddingEngine(_EngineBase):
     """Dynamic batching for embeddings: wait up to ``max_wait_ms`` for a batch to fill, group by length.
 
-    Design note: lanes. ``lanes`` engine threads share the queue, each running its own model calls on its
-    share of the cores (``Model.share_cores``): all of them while it is the only lane in a call (a lone
-    request at low load keeps its latency), 1/k of them while k lanes are. On a 2-vCPU CPU, minilm offline ran 239-257 texts/s as one call
-    at a time on 2 threads and 278-288 as two calls at once on 1 thread each (no barrier between the two
-    threads of every op); and in the server the event loop's work then slows one lane, not every op of every
-    call. Each call is metered at the share of the machine it holds (``core.MachineShares``: a call on half the
-    cores is charged half its time; calls that oversubscribe the cores split them), so idle cores stay out of
-    the meter and the charges never exceed the elapsed time. A backend that can't share cores (OpenVINO, a
-    GPU) gets one lane.
+    Design note: lanes. ``lanes`` engine threads share the queue, each running its own model calls
+    (``Model.share_cores``). Under load each call runs on 1/lanes of the cores: on a 2-vCPU CPU, minilm offline
+    ran 239-257 texts/s as one call at a time on 2 threads and 278-288 as two calls at once on 1 thread each
+    (no barrier between the two threads of every op), and in the server the event loop's work then slows one
+    lane, not every op of every call. At low load lane 0 serves alone with every core, so a lone request keeps
+    its latency: a lane takes work only while the lanes below it are busy, and a call uses every core unless
+    two calls overlapped in the last ``OVERLAP_MEMORY_S``. Each call is metered at the share of the machine it
+    holds (``core.MachineShares``: a call on half the cores is charged half its time; calls that oversubscribe
+    the cores split them), so idle cores stay out of the meter and the charges never exceed the elapsed time.
+    A backend that can't share cores (OpenVINO, a GPU) gets one lane.
     """
 
     def __init__(self, *args, **kw):
@@ -208,7 +210,7 @@ class EmbeddingEngine(_EngineBase):
         # per lane: taken off the queue, not yet answered (failed if a thread dies), and their requests
         self._taken: dict[int, list[EmbedItem]] = {}
         self._in_flight: dict[int, int] = {}
-        self._shares = MachineShares()  # lanes inside a model call now, and each call's machine time
+        self._shares = MachineShares()  # the model calls running now, and the machine time each holds
         self._busy: set[int] = set()  # lanes running a window
         self._overlapped_at = -math.inf  # when two lanes were last in a model call at once
 
@@ -328,7 +330,7 @@ class EmbeddingEngine(_EngineBase):
             vecs, error = None, OpenAIError(500, f"embedding failed: {type(e).__name__}: {e}", type="server_error")
         finally:
             with self._cv:
-                dt = self._shares.stop(key)  # this call's share of the machine's time (all of it when alone)
+                dt = self._shares.stop(key)  # the machine time this call held
         self._record_busy(dt)
         self.metrics.batch_size.labels(self.name, "embedding").observe(len(batch))
         shares = split_cost(dt, [len(i.token_ids) for i in batch])

@@ -190,7 +190,7 @@ class EmbeddingEngine(_EngineBase):
 
     Design note: lanes. ``lanes`` engine threads share the queue, each running its own model calls
     (``Model.share_cores``). Under load each call runs on 1/lanes of the cores: on a 2-vCPU CPU, minilm offline
-    ran 239-257 texts/s as one call at a time on 2 threads and 278-288 as two calls at once on 1 thread each
+    ran 230-247 texts/s as one call at a time on 2 threads and 289-302 as two calls at once on 1 thread each
     (no barrier between the two threads of every op), and in the server the event loop's work then slows one
     lane, not every op of every call. At low load lane 0 serves alone with every core, so a lone request keeps
     its latency: a lane takes work only while the lanes below it are busy, and a call uses every core unless

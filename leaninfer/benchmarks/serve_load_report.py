@@ -346,7 +346,8 @@ def to_markdown(report: dict) -> str:
     wrk_txt = ("Then one more closed-loop level at c = max batch size, driven by `wrk` (a C client: a small "
                "fraction of the Python client's CPU per request), posting the same prompts non-streaming: the "
                "`(wrk)` row; its requests/s and e2e latencies are wrk's, its tokens and cost the server's "
-               "`/metrics`; no TTFT, ITL or goodput (wrk keeps no per-request samples). " if m.get("wrk") else
+               "`/metrics`; no TTFT, ITL or goodput (wrk keeps no per-request samples), and no all-in cost (wrk "
+               "cuts off the requests in flight when it stops: their machine time bought no tokens). " if m.get("wrk") else
                "`wrk` was not installed: there is no wrk level, and the saturation figures below were driven by "
                "the Python client, whose CPU (in the tables) slows the server's model calls. ")
     lines = ["# Cost under load (leaninfer bench, served)", "",

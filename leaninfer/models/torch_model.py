@@ -70,17 +70,14 @@ class TorchModel(Model):
         ``torch.set_num_threads`` also writes the process-wide default that threads read on their first
         parallel op; a short-lived thread puts that back, so threads that start later (another model's engine,
         say) get the whole machine as before."""
-        import torch
-
         whole = _whole_machine_threads()
         threads = max(1, whole // max(1, min(lanes, whole)))
         if getattr(_this_thread, "threads", None) == threads:
             return
-        torch.get_num_threads()  # this thread's lazy first-use setup, which would overwrite the setting below
-        torch.set_num_threads(threads)
+        _set_threads_here(threads)
         _this_thread.threads = threads
         if threads != whole:
-            restore = threading.Thread(target=_set_default_threads, args=(whole,), name="leaninfer-threads")
+            restore = threading.Thread(target=_set_threads_here, args=(whole,), name="leaninfer-threads")
             restore.start()
             restore.join()
 
@@ -179,10 +176,11 @@ def _whole_machine_threads() -> int:
     return torch.get_num_threads()
 
 
-def _set_default_threads(n: int) -> None:
+def _set_threads_here(n: int) -> None:
+    """``n`` intra-op threads for the calling thread (and the process-wide default ``set_num_threads`` writes)."""
     import torch
 
-    torch.get_num_threads()
+    torch.get_num_threads()  # this thread's lazy first-use setup, which would overwrite the setting below
     torch.set_num_threads(n)
 
 

@@ -6,15 +6,14 @@ engines and drains them on shutdown.
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..models import Model
 from .drain import InFlight
+from .fast_path import ServingApp, error_response, unexpected_response
 from .governance import Governance
 from .metrics import ServerMetrics
 from .protocol import OpenAIError
@@ -41,24 +40,20 @@ async def lifespan(app: FastAPI):
 
 
 async def _openai_error(request: Request, exc: OpenAIError):
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException):
     # FastAPI's own errors (unknown path, wrong method) in the same OpenAI shape as ours
-    e = OpenAIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                    type="invalid_request_error", code="not_found" if exc.status_code == 404 else None)
-    return JSONResponse(e.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return error_response(OpenAIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                      type="invalid_request_error", headers=getattr(exc, "headers", None),
+                                      code="not_found" if exc.status_code == 404 else None))
 
 
 async def _unexpected(request: Request, exc: Exception):
     # A bug outside the handlers' own guard (routes.guarded answers those): still counted, logged with its
     # traceback, and answered with an OpenAI-shaped body.
-    endpoint = getattr(request.scope.get("route"), "path", request.url.path)
-    logging.getLogger("leaninfer.serving").error("unexpected error in %s", endpoint, exc_info=exc)
-    request.app.state.metrics.count_request("-", endpoint, 500, "server_error")
-    e = OpenAIError(500, f"internal error: {type(exc).__name__}", type="server_error")
-    return JSONResponse(e.body(), status_code=500)
+    return unexpected_response(request.app, getattr(request.scope.get("route"), "path", request.url.path), exc)
 
 
 def create_app(models: dict[str, Model], config: ServerConfig | None = None) -> FastAPI:
@@ -71,9 +66,9 @@ def create_app(models: dict[str, Model], config: ServerConfig | None = None) -> 
     """
     config = config or ServerConfig()
     metrics = ServerMetrics()
-    app = FastAPI(title="leaninfer", version="1", lifespan=lifespan,
-                  description="OpenAI-compatible serving of leaninfer models, with batching and metering.")
-    app.state.config, app.state.metrics, app.state.draining = config, metrics, False
+    app = ServingApp(title="leaninfer", version="1", lifespan=lifespan,
+                     description="OpenAI-compatible serving of leaninfer models, with batching and metering.")
+    app.state.config, app.state.metrics, app.state.draining, app.state.in_flight = config, metrics, False, 0
     app.state.served = {s.name: s for s in build_models(models, config, metrics)}
     app.state.finops = Governance(config.finops, app.state.served, config.usd_per_hour, metrics.registry) \
         if config.finops.enabled else None

@@ -24,8 +24,8 @@ class InFlight:
     it is done. A request stays open until its response is fully sent: a stream counts until its last byte."""
 
     def __init__(self, app, state):
-        self.app, self.state = app, state
-        state.in_flight = 0
+        self.app, self.state = app, state  # ``state.in_flight`` starts at 0 in ``create_app``: a stack may be
+        # built more than once (fast_path.py), and never while requests are open
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in PROBES:

@@ -474,3 +474,9 @@ async def _stream(request: Request, s: ServedModel, handle, fmt: CompletionForma
         yield fmt.usage_chunk(usage)
     yield SSE_DONE
     metrics.e2e.labels(s.name, endpoint).observe(time.perf_counter() - request.state.arrived_at)
+
+
+# POST endpoints that take only the Request and answer every error themselves: the app calls them straight
+# from its ASGI entry (fast_path.py), bypassing FastAPI's middleware and routing.
+FAST_ROUTES = {"/v1/embeddings": embeddings, "/v1/completions": completions,
+               "/v1/chat/completions": chat_completions}

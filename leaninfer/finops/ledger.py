@@ -7,7 +7,7 @@ the FP32 variant, where one is served (the counterfactual that routing savings a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -46,7 +46,9 @@ class LedgerRow:
     routing_saved_nusd: int = 0
 
     def to_record(self) -> dict:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every value, and the ledger thread does this per row while
+        # holding the GIL the event loop and the engine lanes wait for. The values are immutable but ``tags``.
+        return {name: dict(self.tags) if name == "tags" else getattr(self, name) for name in LEDGER_FIELDS}
 
 
 LEDGER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))

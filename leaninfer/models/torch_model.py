@@ -30,6 +30,7 @@ from .torch_modules import (
     retie_embeddings,
 )
 from .torch_runner import KVCacheRunner
+from .traced_encoder import TracedEncoder
 
 STATE_FILE = "model_state.pt"
 _this_thread = threading.local()  # share_cores: the intra-op threads this thread last set
@@ -46,6 +47,7 @@ class TorchModel(Model):
         super().__init__(**kw)
         self.module = module.eval()
         _whole_machine_threads()  # read now, in the loading thread, before any lane (share_cores) changes it
+        self._encoder = TracedEncoder(self.module, self._vocab_size())  # embed_batch on the CPU (traced_encoder.py)
 
     def num_parameters(self) -> int:
         if self.manifest and self.manifest.get("num_parameters"):
@@ -92,8 +94,18 @@ class TorchModel(Model):
 
         with torch.inference_mode():
             inputs = self._inputs(enc)
-            hidden = self.module(**inputs).last_hidden_state.float()
+            hidden = self._encode(inputs["input_ids"], inputs["attention_mask"]).float()
             return mean_pool_normalize(hidden, inputs["attention_mask"]).cpu().numpy()
+
+    def _encode(self, input_ids, attention_mask):
+        if not str(self.device).startswith("cpu"):  # traced on the CPU only, where it was measured
+            return self.module(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self._encoder.module is not self.module:  # a step swapped the module
+            self._encoder = TracedEncoder(self.module, self._vocab_size())
+        return self._encoder(input_ids, attention_mask)
+
+    def _vocab_size(self) -> int:
+        return getattr(getattr(self.module, "config", None), "vocab_size", 0) or len(self.tokenizer)
 
     def logits_batch(self, enc):
         import torch

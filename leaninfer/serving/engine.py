@@ -134,10 +134,11 @@ class _EngineBase:
                                 type="server_error", code="engine_dead")
             with self._cv:
                 self.dead = f"{type(e).__name__}: {e}"
+                # before the waiting requests fail: whoever hears of the death finds the gauge at 0 already
+                self.metrics.engine_up.labels(self.name).set(0)
                 self._stopping = True  # its other lanes stop too
                 self._fail_waiting(error)
                 self._cv.notify_all()
-            self.metrics.engine_up.labels(self.name).set(0)
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, let in-flight work finish (up to the timeout), then end the thread."""

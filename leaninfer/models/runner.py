@@ -96,16 +96,18 @@ def greedy_generate(runner: Runner, prompts: Sequence[Sequence[int]], max_new_to
     logits = runner.prefill(ids, [list(p) for p in prompts])
     running = ids
     while running:
-        nxt, still = [], []
+        nxt, still, done = [], [], []
         for row, s in zip(logits, running, strict=True):
             tok = int(np.argmax(row))
             out[s].append(tok)
             limit = max_seq_len is not None and len(prompts[s]) + len(out[s]) >= max_seq_len
             if tok == eos_token_id or len(out[s]) >= max_new_tokens or limit:
-                runner.release([s])
+                done.append(s)
             else:
                 still.append(s)
                 nxt.append(tok)
+        if done:  # one release per step: each release rebuilds the cache
+            runner.release(done)
         running = still
         if running:
             logits = runner.decode(running, nxt)

@@ -57,6 +57,7 @@ class FakeRunner:
         return self._logits(ids)
 
     def release(self, ids):
+        self.calls.append(("release", len(ids)))
         for s in ids:
             self.seqs.pop(s)
 
@@ -134,6 +135,18 @@ def test_continuous_batching_joins_and_leaves_between_steps():
     assert b.finished_at > c.started_at and i < len(r.calls) - 1
     assert max(n for k, n in r.calls if k == "decode") == 2  # never more than max_batch_size rows
     assert all(x.busy_s > 0 for x in (a, b, c))
+
+
+def test_rows_finishing_in_one_step_leave_the_runner_in_one_release():
+    # A release rebuilds a KV cache without the rows that left: 4 rows ending together pay one, not four.
+    r = FakeRunner()
+    s = GenerationScheduler(r, max_batch_size=4, eos_token_id=None)
+    rows = [make([i + 1], 3) for i in range(4)]
+    for q in rows:
+        s.submit(q)
+    run(s)
+    assert [q.output for q in rows] == [expected([i + 1], 3) for i in range(4)]
+    assert [c for c in r.calls if c[0] == "release"] == [("release", 4)] and r.seqs == {}
 
 
 def test_cancel_frees_the_slot_and_failure_stays_local():

@@ -198,13 +198,13 @@ def cost_under_load_figure(report: dict):
                 ax.plot(xs, [p[2] for p in pts], color=c, linestyle="--", marker=".", label=f"{v['name']}: metered")
                 for x, y, _, label in pts:
                     ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=c)
-            for lv in (lv for lv in priced if lv["mode"] == "wrk"):
-                x = [lv["requests_per_s"]]
+            for k, lv in enumerate(lv for lv in priced if lv["mode"] == "wrk"):  # one legend entry for its rounds
+                x, label = [lv["requests_per_s"]], lv["label"].split(",")[0].rstrip(")") + ")"
                 if lv["usd_per_1k_tokens_all_in"] is not None:
                     ax.plot(x, [lv["usd_per_1k_tokens_all_in"]], color=c, linestyle="none", marker="o",
-                            markerfacecolor="none", label=f"{v['name']}: all-in, {lv['label']}")
+                            markerfacecolor="none", label=None if k else f"{v['name']}: all-in, {label}")
                 ax.plot(x, [lv["usd_per_1k_tokens_metered"]], color=c, linestyle="none", marker="*", markersize=9,
-                        label=f"{v['name']}: metered, {lv['label']}")
+                        label=None if k else f"{v['name']}: metered, {label}")
             sat = v.get("saturation")
             if sat:
                 off = sat["offline_matching"]

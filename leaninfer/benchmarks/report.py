@@ -121,6 +121,11 @@ def measured_hardware(state: dict, local: dict | None) -> dict:
     }
 
 
+def priced(results: list[dict], usd_per_hour: float, utilization: float = 1.0) -> list[dict]:
+    """A measuring process's raw results, each with its ``cost`` as the report prices it."""
+    return [{**r, "cost": _cost(r["kind"], r, usd_per_hour, utilization)} for r in results]
+
+
 def _cost(kind: str, r: dict, usd_per_hour: float | None, utilization: float) -> dict | None:
     if usd_per_hour is None:
         return None

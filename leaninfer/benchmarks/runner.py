@@ -207,7 +207,17 @@ class BenchConfig(BaseModel):
         return self.model_dump()
 
 
-def _spawn(kind: str, job: dict, result_path: Path, timeout_s: float) -> dict:
+def measure_job(cfg: BenchConfig, artifact: str | None, batch_sizes: list[int] | None = None) -> dict:
+    """The job of one measuring process: the variant at ``artifact`` (None: the model itself, FP32) at every
+    configuration of ``cfg`` (or only at ``batch_sizes``)."""
+    return {"threads": cfg.threads, "device": cfg.device, "model": cfg.model, "artifact": artifact,
+            "batch_sizes": batch_sizes or cfg.batch_sizes, "seq_lens": cfg.seq_lens,
+            "prompt_tokens": cfg.prompt_tokens, "gen_tokens": cfg.gen_tokens, "gen_repeats": cfg.gen_repeats,
+            "warmup": cfg.warmup, "min_repeats": cfg.min_repeats, "max_repeats": cfg.max_repeats,
+            "min_time_s": cfg.min_time_s}
+
+
+def spawn_worker(kind: str, job: dict, result_path: Path, timeout_s: float) -> dict:
     """Run `kind` in a fresh Python process (`python -m leaninfer.benchmarks.worker`), return its JSON.
 
     A subprocess rather than multiprocessing's spawn: nothing of the caller's __main__ (a script, a
@@ -268,7 +278,7 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
     interrupted = False
     try:
         step("measuring memory bandwidth")
-        bw = _spawn("bandwidth", base_job, raw_dir / "bandwidth.json", 120)
+        bw = spawn_worker("bandwidth", base_job, raw_dir / "bandwidth.json", 120)
         state["bandwidth"] = bw.get("bandwidth")
         artifacts: dict[str, str | None] = {}
         for s in specs:
@@ -276,7 +286,7 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
                 step(f"building {s.name}")
                 job = {**base_job, "steps": list(s.steps), "artifact_dir": str(out / "variants" / _slug(s.name)),
                        "sts": cfg.sts}
-                r = _spawn("build", job, raw_dir / f"build-{_slug(s.name)}.json", cfg.timeout_s)
+                r = spawn_worker("build", job, raw_dir / f"build-{_slug(s.name)}.json", cfg.timeout_s)
                 state["builds"][s.name] = r
                 artifacts[s.name] = r.get("artifact")
                 save()
@@ -289,12 +299,9 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
                 step(f"measuring {s.name}" + (f" (round {rnd + 1}/{cfg.rounds})" if cfg.rounds > 1 else ""))
                 if s.steps and not artifacts.get(s.name):
                     continue  # its build failed: the report says why
-                job = {**base_job, "artifact": artifacts[s.name], "batch_sizes": cfg.batch_sizes,
-                       "seq_lens": cfg.seq_lens, "prompt_tokens": cfg.prompt_tokens, "gen_tokens": cfg.gen_tokens,
-                       "gen_repeats": cfg.gen_repeats, "warmup": cfg.warmup, "min_repeats": cfg.min_repeats,
-                       "max_repeats": cfg.max_repeats, "min_time_s": cfg.min_time_s}
                 t0 = time.perf_counter()
-                r = _spawn("measure", job, raw_dir / f"measure-{_slug(s.name)}-r{rnd}.json", cfg.timeout_s)
+                r = spawn_worker("measure", measure_job(cfg, artifacts[s.name]),
+                                 raw_dir / f"measure-{_slug(s.name)}-r{rnd}.json", cfg.timeout_s)
                 r["wall_s"] = time.perf_counter() - t0
                 state["measures"].setdefault(s.name, []).append(r)
                 save()

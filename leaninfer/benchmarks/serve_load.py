@@ -9,12 +9,16 @@ level by level with the project's load generator (``leaninfer.serving.loadgen``:
 then open-loop Poisson rates). Around each level this process reads the server's ``/metrics`` (cost, busy
 seconds, tokens, rows per model call) and both processes' CPU time, and keeps every request's raw sample.
 
-Then, when ``wrk`` is installed, one more closed-loop level at ``connections = max_batch_size``: the saturation
-level the report compares with the offline bench. The Python client spends about 2 ms of CPU per request on the
+Then, when ``wrk`` is installed, the saturation level: closed loop at ``connections = max_batch_size``, in
+``saturation_rounds`` rounds, with the offline bench of the same variant run again (its own process, the
+server idle, batch sizes from m/4 up) before the first round and after each (``bracketed_saturation``). The
+report sets each round against the runs just before and after it and takes the median round: on a shared VM
+the machine's speed drifts by 10-30% over the minutes between the offline bench at the start and the served
+levels, as much as the tolerance of the comparison. The Python client spends about 2 ms of CPU per request on the
 cores the server needs, which slows every model call and so raises the metered cost (busy time x price); wrk
 (C, one thread, pre-built requests: ``launch.run_wrk``) spends a small fraction of that. It posts non-streaming
 bodies built from the same prompts the load generator sends (``wrk_bodies``), after a short wrk warm-up. wrk
-reports a summary (requests, errors, latency percentiles), not per-request samples, so that level has no TTFT,
+reports a summary (requests, errors, latency percentiles), not per-request samples, so those rounds have no TTFT,
 ITL or goodput; its tokens and cost are the server's ``/metrics`` deltas, read once the server has finished
 what wrk left in flight when it stopped (``wait_idle``). Without wrk nothing else changes: the report says the
 saturation figure was driven by the Python client. ``serve_load_report`` turns the raw levels into the report;
@@ -46,7 +50,7 @@ from ..hardware import get_profile
 from ..serving import launch
 from ..serving.launch import stop_server
 from ..serving.loadgen import LoadSpec, _one, make_prompt
-from .runner import BenchConfig, _slug, parse_variants, run_bench
+from .runner import BenchConfig, _slug, measure_job, parse_variants, run_bench, spawn_worker
 from .serve_load_report import build_serve_load_report, write_serve_load_report
 
 METRICS = ("leaninfer_cost_usd_total", "leaninfer_engine_busy_seconds_total", "leaninfer_input_tokens_total",
@@ -72,9 +76,13 @@ class ServeGroup(BaseModel):
     concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32], description="closed-loop client counts")
     rates: list[float] = Field(default_factory=list, description="open-loop Poisson rates, requests/s")
     duration_s: float = Field(5.0, gt=0, description="seconds per level (in-flight requests then finish)")
-    wrk_duration_s: float | None = Field(None, gt=0, description="seconds of the wrk level (default: duration_s); "
-                                                                 "wrk cuts the requests in flight when it stops, "
-                                                                 "so it should span many request lifetimes")
+    wrk_duration_s: float | None = Field(None, gt=0, description="seconds of each wrk round (default: "
+                                                                 "duration_s); wrk cuts the requests in flight "
+                                                                 "when it stops, so it should span many request "
+                                                                 "lifetimes")
+    saturation_rounds: int = Field(3, ge=1, description="wrk rounds at saturation, each between two runs of the "
+                                                        "offline bench of the same variant (the median round's "
+                                                        "ratio is the check)")
     slo_ttft_ms: float | None = Field(None, gt=0, description="goodput: a request meets the SLO if its TTFT is "
                                                               "at most this (generation)")
     slo_e2e_ms: float | None = Field(None, gt=0, description="goodput: ... and its end-to-end latency at most this")
@@ -200,11 +208,35 @@ def measure_levels(base: str, name: str, group: ServeGroup, server_pid: int,
         out.append({"mode": mode, "level": level, "client": "loadgen", "duration_s": wall, "samples": samples,
                     "metrics_before": m0, "metrics_after": m1,
                     "server_cpu_s": (s1.user + s1.system) - (s0.user + s0.system), "client_cpu_s": c1 - c0})
-    if shutil.which("wrk"):
-        if on_level:
-            on_level(f"{name}: wrk c={group.max_batch_size}")
-        out.append(wrk_level(base, name, group, server))
     return out
+
+
+def bracketed_saturation(base: str, name: str, group: ServeGroup, server_pid: int,
+                         measure_offline: Callable[[int], dict],
+                         on_level: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """The saturation level, bracketed in time by the offline bench: ``group.saturation_rounds`` wrk rounds
+    (``wrk_level``), with ``measure_offline(i)`` (the offline bench of the same variant, in its own process,
+    while the server idles) run before the first round and after each. Returns (the wrk rounds, the R + 1
+    offline measurements).
+
+    Why: on a shared VM the machine's speed drifts by 10-30% over minutes (the same offline bench, repeated
+    minutes apart, moved that much while the served figure was being measured), so a served figure set against
+    an offline one measured minutes earlier was off by as much as the tolerance. Each round is set against the
+    offline runs just before and after it, seconds away; the report takes the median round."""
+    import psutil
+
+    server = psutil.Process(server_pid)
+    say = on_level or (lambda msg: None)
+    rounds, brackets = [], []
+    n = group.saturation_rounds
+    for i in range(n + 1):
+        say(f"{name}: offline bench, bracket {i + 1}/{n + 1}")
+        brackets.append(measure_offline(i))
+        if i == n:
+            break
+        say(f"{name}: wrk c={group.max_batch_size}, round {i + 1}/{n}")
+        rounds.append({**wrk_level(base, name, group, server, warm_up=i == 0), "round": i + 1, "rounds": n})
+    return rounds, brackets
 
 
 # -- the wrk level ------------------------------------------------------------------------------------------------
@@ -251,15 +283,17 @@ def wait_idle(base: str, model: str, since: float, timeout_s: float = IDLE_TIMEO
         last = m
 
 
-def wrk_level(base: str, name: str, group: ServeGroup, server) -> dict:
-    """The closed-loop saturation level driven by wrk (``connections = max_batch_size``, ``duration_s``), after
-    a wrk warm-up; raw: /metrics before and after, both processes' CPU, wrk's summary, no per-request samples.
-    A wrk failure is recorded in the level (``error``), never raised: the Python levels are kept."""
+def wrk_level(base: str, name: str, group: ServeGroup, server, warm_up: bool = True) -> dict:
+    """The closed-loop saturation level driven by wrk (``connections = max_batch_size``, ``wrk_duration_s``),
+    after a wrk warm-up (``warm_up``); raw: /metrics before and after, both processes' CPU, wrk's summary, no
+    per-request samples. A wrk failure is recorded in the level (``error``), never raised: the Python levels
+    are kept."""
     path, bodies = wrk_bodies(group, name)
     c = group.max_batch_size
     raw = {"mode": "wrk", "level": float(c), "client": "wrk", "path": path, "bodies": len(bodies)}
     try:
-        launch.run_wrk(base, path, bodies, c, min(2.0, group.duration_s))  # warm-up
+        if warm_up:
+            launch.run_wrk(base, path, bodies, c, min(2.0, group.duration_s))
         seconds = group.wrk_duration_s or group.duration_s
         m0, _ = wait_idle(base, name, time.perf_counter())
         s0, t0 = server.cpu_times(), time.perf_counter()
@@ -297,6 +331,15 @@ def _offline_config(group: ServeGroup, cfg: ServeLoadConfig, price: float) -> Be
                        suite=f"{cfg.suite or 'serve-load'} (offline, {'generation' if gen else 'embeddings'})")
 
 
+def _offline_runs(bench_cfg: BenchConfig, artifact: str | None, group: ServeGroup, offline_dir: Path,
+                  name: str) -> Callable[[int], dict]:
+    """``measure_offline`` of ``bracketed_saturation``: the offline bench's measuring process for one variant,
+    at the bench's batch sizes from m/4 up (the matching batch at saturation lies among them)."""
+    job = measure_job(bench_cfg, artifact, [b for b in bench_cfg.batch_sizes if b >= group.max_batch_size // 4])
+    return lambda i: spawn_worker("measure", job, offline_dir / "raw" / f"bracket-{name}-{i}.json",
+                                  bench_cfg.timeout_s)
+
+
 def run_serve_load(cfg: ServeLoadConfig, out_dir: str | Path, on_event: Callable[[str], None] | None = None,
                    argv: list[str] | None = None) -> dict:
     """Offline bench, then every variant served and driven level by level; returns the report (also written to
@@ -327,7 +370,8 @@ def run_serve_load(cfg: ServeLoadConfig, out_dir: str | Path, on_event: Callable
         g = {"group": group.model_dump(), "offline_dir": str(out / "offline" / _slug(group.model)), "served": {}}
         state["groups"].append(g)
         say(f"offline bench of {group.model}")
-        offline = run_bench(_offline_config(group, cfg, price), g["offline_dir"],
+        bench_cfg = _offline_config(group, cfg, price)
+        offline = run_bench(bench_cfg, g["offline_dir"],
                             on_event=lambda label, done, total, m=group.model: say(f"offline {m}: {label}"))
         g["offline"] = {v["name"]: v for v in offline["variants"]}
         for s in specs:
@@ -349,6 +393,13 @@ def run_serve_load(cfg: ServeLoadConfig, out_dir: str | Path, on_event: Callable
             try:
                 levels = measure_levels(base, name, group, proc.pid, on_level=say)
                 g["served"][s.name] = {"status": "ok", "reference": ref, "served_name": name, "levels": levels}
+                if shutil.which("wrk"):
+                    rounds, brackets = bracketed_saturation(
+                        base, name, group, proc.pid,
+                        _offline_runs(bench_cfg, None if s.is_baseline else ref, group, Path(g["offline_dir"]), name),
+                        on_level=say)
+                    levels += rounds
+                    g["served"][s.name]["offline_brackets"] = brackets
             except Exception as e:  # a failed variant must not lose the others' measurements
                 g["served"][s.name] = {"status": "failed", "error": f"{type(e).__name__}: {e}", "reference": ref}
             finally:

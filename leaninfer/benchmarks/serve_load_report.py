@@ -14,14 +14,18 @@ percentiles are wrk's summary, its tokens the server's ``/metrics`` deltas (``se
 TTFT, ITL or goodput (``wrk_level_summary``).
 
 At saturation the metered figure is set against the offline bench's. The saturation level is the wrk level
-when there is one, else the highest closed-loop concurrency driven by the Python client (whose CPU shares the
+(its rounds) when there is one, else the highest closed-loop concurrency driven by the Python client (whose CPU shares the
 server's cores: the report says which). The offline figure it is compared with is the one at the *matching*
 batch size: the server's mean rows per model call at that level (embedding calls for embeddings, decode steps
 for generation), which is below the max batch size when the queue doesn't keep every call full. The offline
 bench measures a few batch sizes; between two of them the figure is interpolated linearly in 1/batch (cost per
 token = a + b/batch: a per-call cost amortized over the batch's rows), and clamped to the nearest measured one
-outside them (``offline_figure``). The figure at the max batch size is shown too; ``within_15pct`` is decided
-on the matching one. A ``guidellm`` block per Python level carries GuideLLM's metric names
+outside them (``offline_figure``). With wrk the saturation level runs in rounds, and the offline bench of the
+same variant runs again before the first round and after each (``serve_load.bracketed_saturation``): each round
+is set against the mean of the runs just before and after it, and the median round is the figure
+(``bracketed_rounds``), because the VM's speed drifts over the minutes between the offline bench at the start
+and the served levels. The figure at the max batch size is shown too; ``within_15pct`` is decided on the
+matching one. A ``guidellm`` block per Python level carries GuideLLM's metric names
 (``requests_per_second``, ``request_latency`` in seconds, ``time_to_first_token_ms``,
 ``inter_token_latency_ms``, ...), each a distribution over the successful requests, so results can be compared
 with GuideLLM's.
@@ -38,6 +42,7 @@ import numpy as np
 
 from ..latency import MIN_SAMPLES_FOR_PERCENTILES, Latency
 from .plots import cost_under_load_figure
+from .report import priced
 
 AGREEMENT = 0.15  # the issue's check: served $/1K at saturation within 15% of the offline bench
 DEFAULT_SLO = {"embeddings": {"slo_e2e_ms": 250.0, "slo_ttft_ms": None},
@@ -124,7 +129,9 @@ def wrk_level_summary(raw: dict, endpoint: str, usd_per_hour: float) -> dict:
     """The wrk level's figures: requests/s, errors and e2e percentiles from wrk's summary, tokens and cost from
     the server's /metrics deltas over the level (``server_tokens``); no TTFT, ITL or goodput (no per-request
     samples). A level whose wrk run failed keeps only its ``error``."""
-    head = {"mode": "wrk", "level": raw["level"], "client": "wrk", "label": f"c={raw['level']:g} (wrk)"}
+    rnd = f", round {raw['round']}/{raw['rounds']}" if raw.get("rounds", 1) > 1 else ""
+    head = {"mode": "wrk", "level": raw["level"], "client": "wrk", "label": f"c={raw['level']:g} (wrk{rnd})",
+            **({"round": raw["round"]} if raw.get("round") else {})}
     if raw.get("error"):
         return {**head, "error": raw["error"]}
     w, dur = raw["wrk"], raw["duration_s"]
@@ -251,19 +258,67 @@ def saturation_level(levels: list[dict]) -> dict | None:
     return max(closed, key=lambda lv: lv["level"]) if closed else None
 
 
-def saturation(levels: list[dict], offline_variant: dict | None, endpoint: str, max_batch_size: int) -> dict | None:
+def bracketed_rounds(levels: list[dict], brackets: list[dict], kind: str, max_batch_size: int,
+                     usd_per_hour: float) -> list[dict]:
+    """Each wrk round's metered $/1K against the offline bench run just before it (``brackets[i - 1]``) and just
+    after it (``brackets[i]``), both read at the round's matching batch size; the round's offline figure is
+    their mean, ``drift`` the after/before ratio (how much the machine's speed moved meanwhile). Rounds whose
+    wrk run or either offline run failed are left out."""
+    out = []
+    for lv in levels:
+        i = lv.get("round")
+        if lv["mode"] != "wrk" or lv.get("error") or not i or i >= len(brackets):
+            continue
+        before, after = brackets[i - 1], brackets[i]
+        if before.get("status") != "ok" or after.get("status") != "ok" or not lv["usd_per_1k_tokens_metered"]:
+            continue
+        b = lv["mean_batch_size"].get(kind) or max_batch_size
+        fb = offline_figure({"results": priced(before["results"], usd_per_hour)}, b)
+        fa = offline_figure({"results": priced(after["results"], usd_per_hour)}, b)
+        if not fb or not fa:
+            continue
+        mean = (fb["usd_per_1k_tokens"] + fa["usd_per_1k_tokens"]) / 2
+        out.append({"level": lv, "mean_batch_size": b,
+                    "offline": {**fb, "usd_per_1k_tokens": mean, "bracket": [fb["usd_per_1k_tokens"],
+                                                                             fa["usd_per_1k_tokens"]]},
+                    "ratio": lv["usd_per_1k_tokens_metered"] / mean,
+                    "drift": fa["usd_per_1k_tokens"] / fb["usd_per_1k_tokens"]})
+    return out
+
+
+def saturation(levels: list[dict], offline_variant: dict | None, endpoint: str, max_batch_size: int,
+               brackets: list[dict] | None = None, usd_per_hour: float | None = None) -> dict | None:
     """The saturation level's metered $/1K against the offline bench: at the matching batch size (the level's
-    mean rows per model call; the max batch size if no such call was counted) and at the max batch size."""
-    sat = saturation_level(levels)
-    off_max = offline_figure(offline_variant, max_batch_size)
-    if not sat or not off_max or not sat["usd_per_1k_tokens_metered"]:
-        return None
+    mean rows per model call; the max batch size if no such call was counted) and at the max batch size.
+
+    With ``brackets`` (the offline bench run around each wrk round, ``serve_load.bracketed_saturation``) the
+    figure is the median round's (the lower middle one for an even count): each round against the offline runs
+    seconds before and after it (``bracketed_rounds``); ``rounds`` lists every round's ratio. Without them, the
+    saturation level against the offline bench run before the variant was served."""
     kind = matching_call_kind(endpoint)
-    mean_b = sat["mean_batch_size"].get(kind)
-    off = offline_figure(offline_variant, mean_b) if mean_b else off_max
+    off_max = offline_figure(offline_variant, max_batch_size)
+    rounds = bracketed_rounds(levels, brackets, kind, max_batch_size, usd_per_hour) if brackets else []
+    if rounds:
+        median = sorted(rounds, key=lambda r: r["ratio"])[(len(rounds) - 1) // 2]
+        sat, mean_b, off = median["level"], median["mean_batch_size"], median["offline"]
+    else:
+        sat = saturation_level(levels)
+        if not sat or not off_max or not sat["usd_per_1k_tokens_metered"]:
+            return None
+        mean_b = sat["mean_batch_size"].get(kind)
+        off = offline_figure(offline_variant, mean_b) if mean_b else off_max
+    if not off_max:
+        return None
     metered = sat["usd_per_1k_tokens_metered"]
     ratio = metered / off["usd_per_1k_tokens"]
-    return {"level": sat["label"], "client": sat["client"],
+    bench_at_start = offline_figure(offline_variant, mean_b) if mean_b else off_max
+    return {"level": sat["label"], "client": sat["client"], "bracketed": bool(rounds),
+            "rounds": [{"level": r["level"]["label"], "mean_batch_size": r["mean_batch_size"],
+                        "usd_per_1k_tokens_metered": r["level"]["usd_per_1k_tokens_metered"],
+                        "offline_usd_per_1k_tokens": r["offline"]["usd_per_1k_tokens"],
+                        "offline_before_after": r["offline"]["bracket"], "metered_over_offline": r["ratio"],
+                        "offline_drift": r["drift"]} for r in rounds],
+            "metered_over_offline_bench_at_start": metered / bench_at_start["usd_per_1k_tokens"],
             "server_cpu_s": sat["server_cpu_s"], "client_cpu_s": sat["client_cpu_s"],
             "usd_per_1k_tokens_metered": metered, "usd_per_1k_tokens_all_in": sat["usd_per_1k_tokens_all_in"],
             "utilization": sat["utilization"], "matching_call_kind": kind, "mean_batch_size": mean_b,
@@ -293,7 +348,8 @@ def build_serve_load_report(state: dict) -> dict:
             v["offline"] = offline_figure(offline, grp["max_batch_size"])
             v["offline_points"] = offline_points(offline)
             measured = [lv for lv in v["levels"] if not lv.get("error")]
-            sat = saturation(measured, offline, grp["endpoint"], grp["max_batch_size"])
+            sat = saturation(measured, offline, grp["endpoint"], grp["max_batch_size"],
+                             served.get("offline_brackets"), price)
             if sat:
                 v["saturation"] = sat
             variants.append(v)
@@ -325,7 +381,16 @@ def _offline_cell(off: dict | None) -> str:
         how = f"batch {b:.1f}, interpolated {lo}–{hi}"
     else:
         how = f"batch {b:.1f}, clamped to {off['clamped_to']}"
+    if off.get("bracket"):
+        how += f"; mean of the runs before / after: {off['bracket'][0]:.3g} / {off['bracket'][1]:.3g}"
     return f"{off['usd_per_1k_tokens']:.3g} ({how})"
+
+
+def _every_round(sat: dict) -> str:
+    """Each bracketed round's ratio and, in brackets, its offline drift (after / before), e.g. 1.05x (+3%)."""
+    if not sat["rounds"]:
+        return "–"
+    return ", ".join(f"{r['metered_over_offline']:.2f}x ({100 * (r['offline_drift'] - 1):+.0f}%)" for r in sat["rounds"])
 
 
 def _level_row(name: str, lv: dict) -> str:
@@ -343,9 +408,11 @@ def _level_row(name: str, lv: dict) -> str:
 
 def to_markdown(report: dict) -> str:
     m = report["meta"]
-    wrk_txt = ("Then one more closed-loop level at c = max batch size, driven by `wrk` (a C client: a small "
-               "fraction of the Python client's CPU per request), posting the same prompts non-streaming: the "
-               "`(wrk)` row; its requests/s and e2e latencies are wrk's, its tokens and cost the server's "
+    wrk_txt = ("Then the saturation level, closed loop at c = max batch size, driven by `wrk` (a C client: a "
+               "small fraction of the Python client's CPU per request), posting the same prompts non-streaming, in "
+               "rounds, with the offline bench of the same variant run (in its own process, the server idle) "
+               "before the first round and after each: the `(wrk, round k/n)` rows; their requests/s and e2e "
+               "latencies are wrk's, their tokens and cost the server's "
                "`/metrics`; no TTFT, ITL or goodput (wrk keeps no per-request samples), and no all-in cost (wrk "
                "cuts off the requests in flight when it stops: their machine time bought no tokens). " if m.get("wrk") else
                "`wrk` was not installed: there is no wrk level, and the saturation figures below were driven by "
@@ -378,29 +445,36 @@ def to_markdown(report: dict) -> str:
             lines += [_level_row(v["name"], lv) for lv in v["levels"]]
         kind = matching_call_kind(g["endpoint"])
         mb = s["max_batch_size"]
-        lines += ["", f"At saturation (closed loop, c = max batch size {mb}; the `(wrk)` level when wrk ran, else "
+        lines += ["", f"At saturation (closed loop, c = max batch size {mb}; the wrk rounds when wrk ran, else "
                       "the highest concurrency driven by the Python client, whose CPU shares the server's cores) "
-                      "against the offline bench of the same variants at the same price "
-                      f"(`{g['offline_dir']}/report.md`): at the **matching batch size**, the server's mean rows "
-                      f"per {kind} call at that level (interpolated linearly in 1/batch between the two measured "
-                      "batch sizes around it: cost per token = a + b/batch), and at the max batch size. "
-                      "*within 15%* is decided on the matching one.", "",
+                      "against the offline bench of the same variant at the same price, at the **matching batch "
+                      f"size**: the server's mean rows per {kind} call at that level (interpolated linearly in "
+                      "1/batch between the two measured batch sizes around it: cost per token = a + b/batch). "
+                      "Each wrk round is set against the offline bench run just before and just after it (their "
+                      "mean; this VM's speed drifts by 10-30% over minutes, so a figure measured minutes earlier is "
+                      "no yardstick), and the **median round** is shown; *every round* lists each round's ratio and, "
+                      "in brackets, how far the offline figure moved from before to after it. *within 15%* is "
+                      "decided on the median round. Beside it: the offline bench run before the variant was served "
+                      f"(`{g['offline_dir']}/report.md`) at the max batch size, and the median round against the "
+                      "matching batch of that earlier run.", "",
                   f"| variant | served level | util | server / client CPU s | mean {kind} batch | "
                   "served $/1K metered | served $/1K all-in | offline $/1K, matching batch | metered / offline | "
-                  f"offline $/1K, batch {mb} | metered / offline at {mb} | within 15% |",
-                  "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+                  "every round | within 15% | vs the offline bench at start, matching batch | "
+                  f"offline $/1K at start, batch {mb} | metered / offline at {mb} |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|---:|---:|"]
         for v in g["variants"]:
             sat = v.get("saturation")
             if not sat:
-                lines.append(f"| {v['name']} | – | – | – | – | – | – | – | – | {_offline_cell(v.get('offline'))} "
-                             "| – | – |")
+                lines.append(f"| {v['name']} | – | – | – | – | – | – | – | – | – | – | – | "
+                             f"{_offline_cell(v.get('offline'))} | – |")
                 continue
             lines.append(f"| {v['name']} | {sat['level']} | {100 * sat['utilization']:.0f}% | "
                          f"{_f(sat['server_cpu_s'])} / {_f(sat['client_cpu_s'], '{:.2f}')} | {_f(sat['mean_batch_size'])} | "
                          f"{sat['usd_per_1k_tokens_metered']:.3g} | {_f(sat['usd_per_1k_tokens_all_in'], '{:.3g}')} | "
                          f"{_offline_cell(sat['offline_matching'])} | {sat['metered_over_offline']:.2f}x | "
-                         f"{_offline_cell(sat['offline_max_batch'])} | {sat['metered_over_offline_max_batch']:.2f}x | "
-                         f"{'yes' if sat['within_15pct'] else 'no'} |")
+                         f"{_every_round(sat)} | {'yes' if sat['within_15pct'] else 'no'} | "
+                         f"{sat['metered_over_offline_bench_at_start']:.2f}x | "
+                         f"{_offline_cell(sat['offline_max_batch'])} | {sat['metered_over_offline_max_batch']:.2f}x |")
         py = [v["name"] for v in g["variants"] if (v.get("saturation") or {}).get("client") == "loadgen"]
         if py:
             lines += ["", f"Driven by the Python client at saturation (no wrk level): {', '.join(py)}; its CPU "

@@ -46,23 +46,26 @@ SUITES: dict[str, dict] = {
         "project_to": ["aws-g4dn.xlarge", "aws-g6.xlarge", "gcp-a2-highgpu-1g", "h100-sxm"],
     },
     # Cost under load, measured: each variant served by `leaninfer serve` and driven by the load generator, then
-    # at saturation by wrk when installed (leaninfer/benchmarks/serve_load.py), next to the offline bench at
-    # batch 1, m/4, m/2, m (m = the server's max batch size), read at the server's mean batch at saturation.
-    # About 7.5 minutes on 2 cores (measured: 6 min 0 s to 7 min 29 s); --duration-s: s per level.
+    # at saturation by wrk when installed, in rounds, each between two runs of the offline bench of that variant
+    # (leaninfer/benchmarks/serve_load.py), against the offline bench at the server's mean batch (measured at
+    # 1, m/4, m/2, m; m = the server's max batch size). About 12 minutes on 2 cores (see docs/benchmarks.md);
+    # --duration-s: s per level and per wrk round.
     "serve-cpu": {
         "description": "served cost against load: minilm FP32 vs onnx+ort-int8 (embeddings, c=1/8/32, 25/75 req/s, "
                        "then c=32 driven by wrk), random:gpt2 FP32 vs int8 (completions, 32 new tokens, c=1/4/16, "
-                       "1/3 req/s, then c=16 by wrk); saturation compared with the offline bench at the served "
-                       "mean batch size (measured at 1, m/4, m/2, m; interpolated in 1/batch)",
+                       "1/3 req/s, then c=16 by wrk); saturation in 3 wrk rounds, each set against the offline "
+                       "bench run just before and after it at the served mean batch size (measured at 1, m/4, m/2, "
+                       "m; interpolated in 1/batch); the median round is the figure",
         "serve_load": {
             "groups": [
                 {"model": "minilm", "variants": ["fp32", "onnx+ort-int8"], "endpoint": "embeddings",
                  "prompt_tokens": 32, "offline_tokens": 38, "max_batch_size": 32,
-                 "concurrency": [1, 8, 32], "rates": [25, 75], "duration_s": 5, "wrk_duration_s": 10},
+                 "concurrency": [1, 8, 32], "rates": [25, 75], "duration_s": 5, "wrk_duration_s": 8,
+                 "saturation_rounds": 3},
                 {"model": "random:gpt2", "variants": ["fp32", "int8"], "endpoint": "completions",
                  "prompt_tokens": 32, "offline_tokens": 38, "max_tokens": 32, "max_batch_size": 16,
                  "concurrency": [1, 4, 16], "rates": [1, 3], "duration_s": 8,
-                 "wrk_duration_s": 30},  # requests of 2-5 s: many lifetimes, few cut off at the end
+                 "wrk_duration_s": 15, "saturation_rounds": 3},  # requests of 2-5 s: a round spans 3-6 cohorts
             ],
         },
     },

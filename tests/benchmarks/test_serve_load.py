@@ -42,7 +42,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("serve-load")
     group = ServeGroup(model="random:tiny-gpt2", variants=["fp32", "int8"], endpoint="completions", prompt_tokens=8,
                        offline_tokens=10, max_tokens=8, max_batch_size=2, concurrency=[2], rates=[20],
-                       duration_s=1.0, slo_e2e_ms=SLO_E2E_MS)
+                       duration_s=1.0, slo_e2e_ms=SLO_E2E_MS, saturation_rounds=1)
     report = run_serve_load(ServeLoadConfig(groups=[group], usd_per_hour=PRICE, offline_min_time_s=0.05,
                                             offline_gen_repeats=1), out)
     return out, report
@@ -129,7 +129,23 @@ def test_saturation_set_against_the_offline_bench_at_the_served_batch(run):
         # matched at the server's mean decode batch at that level, between the two measured sizes (1/batch)
         b = lv["mean_batch_size"]["decode"]
         assert sat["mean_batch_size"] == b and 1 <= b <= 2
-        want = costs[1] + (1 / b - 1) / (1 / 2 - 1) * (costs[2] - costs[1])
+        at_start = costs[1] + (1 / b - 1) / (1 / 2 - 1) * (costs[2] - costs[1])
+        assert sat["metered_over_offline_bench_at_start"] == pytest.approx(lv["usd_per_1k_tokens_metered"] / at_start)
+        want = at_start
+        if HAS_WRK:  # the wrk round is set against the offline bench run just before and just after it
+            assert sat["bracketed"] and len(sat["rounds"]) == 1
+            ends = []
+            for i in (0, 1):
+                raw = json.loads((out / "offline" / "random_tiny-gpt2" / "raw" / f"bracket-{v['name']}-{i}.json")
+                                 .read_text())
+                # by hand: a request = its prefill + 7 decode steps, per 1K output tokens, at $0.36/h
+                c = {r["batch_size"]: PRICE / 3600 * (10 / r["input_tokens_per_s"] + 7 / r["decode_tokens_per_s"])
+                     / 8 * 1000 for r in raw["results"]}
+                assert sorted(c) == [1, 2]
+                ends.append(c[1] + (1 / b - 1) / (1 / 2 - 1) * (c[2] - c[1]))
+            want = (ends[0] + ends[1]) / 2
+            assert sat["rounds"][0]["offline_before_after"] == pytest.approx(ends, rel=1e-9)
+            assert sat["rounds"][0]["offline_drift"] == pytest.approx(ends[1] / ends[0], rel=1e-9)
         assert sat["offline_usd_per_1k_tokens"] == pytest.approx(want, rel=1e-9) and sat["offline_batch_size"] == b
         assert sat["offline_max_batch"]["usd_per_1k_tokens"] == costs[2]
         assert sat["metered_over_offline"] == pytest.approx(lv["usd_per_1k_tokens_metered"] / want)
@@ -210,7 +226,8 @@ def test_serve_cpu_suite_and_flags():
                             slo_e2e_ms=None, slo_ttft_ms=300.0)
     assert [g.duration_s for g in cfg.groups] == [2.0, 2.0]
     assert [g.wrk_duration_s for g in cfg.groups] == [2.0, 2.0]  # the flag sets the wrk level's too
-    assert [g.wrk_duration_s for g in serve_load_config("serve-cpu", settings, []).groups] == [10, 30]
+    assert [g.wrk_duration_s for g in serve_load_config("serve-cpu", settings, []).groups] == [8, 15]
+    assert [g.saturation_rounds for g in cfg.groups] == [3, 3]
     assert [g.slo_ttft_ms for g in cfg.groups] == [300.0, 300.0]
     assert cfg.price()[1] == "priced as aws-c7a.large"
     with pytest.raises(LeaninferError, match="--batch-sizes"):
@@ -304,7 +321,8 @@ def test_saturation_uses_the_wrk_level_at_the_matching_batch():
     assert not sat["within_15pct"]
     md = to_markdown(report)
     assert "| fp32 | c=32 (wrk) | 76.9 | 0 | 120 / 180 / 200 (n=300) | – | – | – |" in md
-    assert "1.67e-05 (batch 12.0, interpolated 8–16) | 1.50x | 1.25e-05 (batch 32) | 2.00x | no |" in md
+    # no offline runs around it: against the offline bench at the start, which is also the last columns' figure
+    assert "1.67e-05 (batch 12.0, interpolated 8–16) | 1.50x | – | no | 1.50x | 1.25e-05 (batch 32) | 2.00x |" in md
     assert "Driven by the Python client" not in md
 
 
@@ -342,3 +360,52 @@ def test_wrk_bodies_are_the_load_generators_prompts_non_streaming():
     assert {k: v for k, v in bodies[0].items() if k != "prompt"} == {
         "model": "g", "max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": False}
     assert offline_batch_sizes(32) == [1, 8, 16, 32] and offline_batch_sizes(1) == [1]
+
+
+def _bracket(cost_at_8, cost_at_16):
+    """A raw offline run of embeddings at batch 8 and 16 that prices (at $0.36/h) to these $/1K tokens."""
+    tps = {8: 0.36 / 3600 / cost_at_8 * 1000, 16: 0.36 / 3600 / cost_at_16 * 1000}
+    return {"status": "ok", "results": [{"kind": "embedding", "batch_size": b, "tokens_per_s": t,
+                                         "sequences_per_s": t / 40} for b, t in tps.items()]}
+
+
+def _round(i, n, cost):
+    raw = _wrk_raw()
+    raw["metrics_after"] = {**raw["metrics_after"], "leaninfer_cost_usd_total": 0.001 + cost}
+    return {**raw, "round": i, "rounds": n}
+
+
+def test_saturation_is_the_median_round_against_its_own_brackets():
+    # 8000 tokens a round, mean batch 12 (between 8 and 16). The offline bench drifts: 2e-5/1.5e-5 at the
+    # start, then twice as dear, then back. Round costs: 2.4e-5, 4.0e-5, 2.0e-5 $/1K.
+    brackets = [_bracket(2e-5, 1.5e-5), _bracket(4e-5, 3e-5), _bracket(2e-5, 1.5e-5), _bracket(2e-5, 1.5e-5)]
+    state = _state([_python_raw(32), _round(1, 3, 0.000192), _round(2, 3, 0.00032), _round(3, 3, 0.00016)])
+    state["groups"][0]["served"]["fp32"]["offline_brackets"] = brackets
+    (v,) = build_serve_load_report(state)["groups"][0]["variants"]
+    sat = v["saturation"]
+    # at batch 12, a + b/12 with a + b/8 = x, a + b/16 = y: (x + 2y) / 3 -> 1.6667e-5 and 3.3333e-5
+    low, high = 5e-5 / 3, 1e-4 / 3
+    want = [(2.4e-5, (low + high) / 2), (4.0e-5, (high + low) / 2), (2.0e-5, low)]
+    assert [r["offline_usd_per_1k_tokens"] for r in sat["rounds"]] == pytest.approx([w[1] for w in want], rel=1e-9)
+    ratios = [c / o for c, o in want]  # 0.96, 1.6, 1.2
+    assert [r["metered_over_offline"] for r in sat["rounds"]] == pytest.approx(ratios, rel=1e-9)
+    assert [r["offline_drift"] for r in sat["rounds"]] == pytest.approx([2.0, 0.5, 1.0], rel=1e-9)
+    assert sat["bracketed"] and sat["level"] == "c=32 (wrk, round 3/3)"  # the median ratio, 1.2
+    assert sat["metered_over_offline"] == pytest.approx(1.2) and not sat["within_15pct"]
+    # the same round against the offline bench run before serving (OFFLINE: 1.6667e-5 at batch 12)
+    assert sat["metered_over_offline_bench_at_start"] == pytest.approx(2.0e-5 / (5e-5 / 3))
+    md = to_markdown(build_serve_load_report(state))
+    assert "| fp32 | c=32 (wrk, round 2/3) | 76.9 |" in md
+    assert "0.96x (+100%), 1.60x (-50%), 1.20x (+0%) | no |" in md
+    assert "mean of the runs before / after: 1.67e-05 / 1.67e-05" in md
+
+
+def test_a_round_without_both_brackets_is_left_out():
+    brackets = [_bracket(2e-5, 1.5e-5), {"status": "failed", "error": "the measure process died"},
+                _bracket(2e-5, 1.5e-5)]
+    state = _state([_round(1, 2, 0.000192), _round(2, 2, 0.00016)])
+    state["groups"][0]["served"]["fp32"]["offline_brackets"] = brackets
+    (v,) = build_serve_load_report(state)["groups"][0]["variants"]
+    assert v["saturation"]["rounds"] == []  # each round lost one side: back to the offline bench at the start
+    assert not v["saturation"]["bracketed"] and v["saturation"]["level"] == "c=32 (wrk, round 2/2)"
+    assert v["saturation"]["metered_over_offline"] == pytest.approx(2.0e-5 / (5e-5 / 3))

@@ -87,7 +87,8 @@ def test_two_lanes_run_two_calls_at_once_same_vectors_metered_at_their_share(min
     monkeypatch.setattr(minilm, "embed_batch", embed_batch)
 
     async def main():
-        async with app_client({"minilm": minilm}, max_batch_size=1, lanes=2) as c:
+        # call_overhead_tokens given: the calls that would measure it at start would meet the barrier
+        async with app_client({"minilm": minilm}, max_batch_size=1, lanes=2, call_overhead_tokens=100) as c:
             engine = c.app.state.served["minilm"].engine
             assert engine.lanes == 2
             busy = engine.metrics.busy_seconds.labels("minilm")

@@ -226,8 +226,8 @@ def test_serve_cpu_suite_and_flags():
                             slo_e2e_ms=None, slo_ttft_ms=300.0)
     assert [g.duration_s for g in cfg.groups] == [2.0, 2.0]
     assert [g.wrk_duration_s for g in cfg.groups] == [2.0, 2.0]  # the flag sets the wrk level's too
-    assert [g.wrk_duration_s for g in serve_load_config("serve-cpu", settings, []).groups] == [8, 15]
-    assert [g.saturation_rounds for g in cfg.groups] == [3, 3]
+    assert [g.wrk_duration_s for g in serve_load_config("serve-cpu", settings, []).groups] == [8, 12]
+    assert [g.saturation_rounds for g in cfg.groups] == [3, 5]
     assert [g.slo_ttft_ms for g in cfg.groups] == [300.0, 300.0]
     assert cfg.price()[1] == "priced as aws-c7a.large"
     with pytest.raises(LeaninferError, match="--batch-sizes"):

@@ -53,9 +53,9 @@ SUITES: dict[str, dict] = {
     "serve-cpu": {
         "description": "served cost against load: minilm FP32 vs onnx+ort-int8 (embeddings, c=1/8/32, 25/75 req/s, "
                        "then c=32 driven by wrk), random:gpt2 FP32 vs int8 (completions, 32 new tokens, c=1/4/16, "
-                       "1/3 req/s, then c=16 by wrk); saturation in 3 (minilm) and 5 (gpt2) wrk rounds, each set against the offline "
-                       "bench run just before and after it at the served mean batch size (measured at 1, m/4, m/2, "
-                       "m; interpolated in 1/batch); the median round is the figure",
+                       "1/3 req/s, then c=16 by wrk); saturation in 3 (minilm) and 5 (gpt2) wrk rounds, each set "
+                       "against the offline bench run just before and after it at the served mean batch size "
+                       "(measured at 1, m/4, m/2, m; interpolated in 1/batch); the median round is the figure",
         "serve_load": {
             "groups": [
                 {"model": "minilm", "variants": ["fp32", "onnx+ort-int8"], "endpoint": "embeddings",

@@ -54,7 +54,7 @@ from .runner import BenchConfig, _slug, measure_job, parse_variants, run_bench, 
 from .serve_load_report import build_serve_load_report, write_serve_load_report
 
 METRICS = ("leaninfer_cost_usd_total", "leaninfer_engine_busy_seconds_total", "leaninfer_input_tokens_total",
-           "leaninfer_output_tokens_total", "leaninfer_engine_utilization")
+           "leaninfer_output_tokens_total", "leaninfer_engine_utilization", "leaninfer_engine_call_seconds_total")
 WRK_BODIES = 300  # distinct request bodies wrk cycles through
 IDLE_POLL_S, IDLE_QUIET_S, IDLE_TIMEOUT_S = 0.1, 1.0, 300.0  # wait_idle
 

@@ -17,7 +17,9 @@ At saturation the metered figure is set against the offline bench's. The saturat
 (its rounds) when there is one, else the highest closed-loop concurrency driven by the Python client (whose CPU shares the
 server's cores: the report says which). The offline figure it is compared with is the one at the *matching*
 batch size: the server's mean rows per model call at that level (embedding calls for embeddings, decode steps
-for generation), which is below the max batch size when the queue doesn't keep every call full. The offline
+for generation) over the mean share of the machine a call held (``matching_batch``: embedding lanes run calls
+side by side on part of the cores each), which is below the max batch size when the queue doesn't keep every
+call full. The offline
 bench measures a few batch sizes; between two of them the figure is interpolated linearly in 1/batch (cost per
 token = a + b/batch: a per-call cost amortized over the batch's rows), and clamped to the nearest measured one
 outside them (``offline_figure``). With wrk the saturation level runs in rounds, and the offline bench of the
@@ -175,6 +177,7 @@ def _meter(raw: dict, tokens: float, usd_per_hour: float) -> dict:
         "utilization_gauge_60s": raw["metrics_after"]["leaninfer_engine_utilization"],
         "server_cpu_s": raw.get("server_cpu_s"), "client_cpu_s": raw.get("client_cpu_s"),
         "mean_batch_size": _mean_batches(raw["metrics_before"], raw["metrics_after"]),
+        "machine_share": _machine_share(raw, busy),
         "metered_cost_usd": cost,
         "usd_per_1k_tokens_metered": cost / tokens * 1000 if tokens else None,
         "all_in_cost_usd": usd_per_hour * dur / 3600.0,
@@ -185,6 +188,24 @@ def _meter(raw: dict, tokens: float, usd_per_hour: float) -> dict:
 def summarize_level(raw: dict, endpoint: str, usd_per_hour: float, slo: dict) -> dict:
     return (wrk_level_summary(raw, endpoint, usd_per_hour) if raw["mode"] == "wrk"
             else level_summary(raw, endpoint, usd_per_hour, slo))
+
+
+def _machine_share(raw: dict, busy: float) -> float:
+    """The mean share of the machine a model call held over the level: busy (machine) seconds / the calls' wall
+    seconds; 1 for one call at a time on every core, 1/2 for two embedding lanes running at once (None-safe: 1
+    when the server didn't count call seconds)."""
+    calls = raw["metrics_after"].get("leaninfer_engine_call_seconds_total", 0.0) - raw["metrics_before"].get(
+        "leaninfer_engine_call_seconds_total", 0.0)
+    return min(1.0, busy / calls) if calls > 0 and busy > 0 else 1.0
+
+
+def matching_batch(lv: dict, kind: str, max_batch_size: int) -> float:
+    """The offline batch size a level is compared at: its mean rows per ``kind`` call over the share of the
+    machine a call held (two lanes' calls of 9 rows on half the cores each keep the machine as busy as one
+    call of 18 on all of them; the offline bench runs one call on all of them). The max batch size when no such
+    call was counted."""
+    rows = lv["mean_batch_size"].get(kind)
+    return rows / lv.get("machine_share", 1.0) if rows else float(max_batch_size)
 
 
 def _mean_batches(before: dict, after: dict) -> dict:
@@ -272,7 +293,7 @@ def bracketed_rounds(levels: list[dict], brackets: list[dict], kind: str, max_ba
         before, after = brackets[i - 1], brackets[i]
         if before.get("status") != "ok" or after.get("status") != "ok" or not lv["usd_per_1k_tokens_metered"]:
             continue
-        b = lv["mean_batch_size"].get(kind) or max_batch_size
+        b = matching_batch(lv, kind, max_batch_size)
         fb = offline_figure({"results": priced(before["results"], usd_per_hour)}, b)
         fa = offline_figure({"results": priced(after["results"], usd_per_hour)}, b)
         if not fb or not fa:
@@ -305,13 +326,13 @@ def saturation(levels: list[dict], offline_variant: dict | None, endpoint: str, 
         sat = saturation_level(levels)
         if not sat or not off_max or not sat["usd_per_1k_tokens_metered"]:
             return None
-        mean_b = sat["mean_batch_size"].get(kind)
-        off = offline_figure(offline_variant, mean_b) if mean_b else off_max
+        mean_b = matching_batch(sat, kind, max_batch_size)
+        off = offline_figure(offline_variant, mean_b)
     if not off_max:
         return None
     metered = sat["usd_per_1k_tokens_metered"]
     ratio = metered / off["usd_per_1k_tokens"]
-    bench_at_start = offline_figure(offline_variant, mean_b) if mean_b else off_max
+    bench_at_start = offline_figure(offline_variant, mean_b)
     return {"level": sat["label"], "client": sat["client"], "bracketed": bool(rounds),
             "rounds": [{"level": r["level"]["label"], "mean_batch_size": r["mean_batch_size"],
                         "usd_per_1k_tokens_metered": r["level"]["usd_per_1k_tokens_metered"],
@@ -322,6 +343,7 @@ def saturation(levels: list[dict], offline_variant: dict | None, endpoint: str, 
             "server_cpu_s": sat["server_cpu_s"], "client_cpu_s": sat["client_cpu_s"],
             "usd_per_1k_tokens_metered": metered, "usd_per_1k_tokens_all_in": sat["usd_per_1k_tokens_all_in"],
             "utilization": sat["utilization"], "matching_call_kind": kind, "mean_batch_size": mean_b,
+            "rows_per_call": sat["mean_batch_size"].get(kind), "machine_share": sat.get("machine_share", 1.0),
             "offline_matching": off, "offline_max_batch": off_max,
             "offline_usd_per_1k_tokens": off["usd_per_1k_tokens"], "offline_batch_size": off["batch_size"],
             "metered_over_offline": ratio,
@@ -386,6 +408,13 @@ def _offline_cell(off: dict | None) -> str:
     return f"{off['usd_per_1k_tokens']:.3g} ({how})"
 
 
+def _matching(sat: dict) -> str:
+    """The matching batch, and how it came: rows per call / machine share when calls held part of the machine."""
+    if sat["rows_per_call"] and sat["machine_share"] < 0.995:
+        return f"{sat['mean_batch_size']:.1f} ({sat['rows_per_call']:.1f} / {sat['machine_share']:.2f})"
+    return _f(sat["mean_batch_size"])
+
+
 def _every_round(sat: dict) -> str:
     """Each bracketed round's ratio and, in brackets, its offline drift (after / before), e.g. 1.05x (+3%)."""
     if not sat["rounds"]:
@@ -448,8 +477,11 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"At saturation (closed loop, c = max batch size {mb}; the wrk rounds when wrk ran, else "
                       "the highest concurrency driven by the Python client, whose CPU shares the server's cores) "
                       "against the offline bench of the same variant at the same price, at the **matching batch "
-                      f"size**: the server's mean rows per {kind} call at that level (interpolated linearly in "
-                      "1/batch between the two measured batch sizes around it: cost per token = a + b/batch). "
+                      f"size**: the server's mean rows per {kind} call at that level over the mean share of the "
+                      "machine a call held (busy / call seconds: two lanes' calls at once hold half each, and keep "
+                      "the machine as busy as one call of twice the rows, which is what the offline bench runs), "
+                      "interpolated linearly in 1/batch between the two measured batch sizes around it (cost per "
+                      "token = a + b/batch). "
                       "Each wrk round is set against the offline bench run just before and just after it (their "
                       "mean; this VM's speed drifts by 10-30% over minutes, so a figure measured minutes earlier is "
                       "no yardstick), and the **median round** is shown; *every round* lists each round's ratio and, "
@@ -457,7 +489,7 @@ def to_markdown(report: dict) -> str:
                       "decided on the median round. Beside it: the offline bench run before the variant was served "
                       f"(`{g['offline_dir']}/report.md`) at the max batch size, and the median round against the "
                       "matching batch of that earlier run.", "",
-                  f"| variant | served level | util | server / client CPU s | mean {kind} batch | "
+                  f"| variant | served level | util | server / client CPU s | matching batch (rows per {kind} call / share) | "
                   "served $/1K metered | served $/1K all-in | offline $/1K, matching batch | metered / offline | "
                   "every round | within 15% | vs the offline bench at start, matching batch | "
                   f"offline $/1K at start, batch {mb} | metered / offline at {mb} |",
@@ -469,7 +501,7 @@ def to_markdown(report: dict) -> str:
                              f"{_offline_cell(v.get('offline'))} | – |")
                 continue
             lines.append(f"| {v['name']} | {sat['level']} | {100 * sat['utilization']:.0f}% | "
-                         f"{_f(sat['server_cpu_s'])} / {_f(sat['client_cpu_s'], '{:.2f}')} | {_f(sat['mean_batch_size'])} | "
+                         f"{_f(sat['server_cpu_s'])} / {_f(sat['client_cpu_s'], '{:.2f}')} | {_matching(sat)} | "
                          f"{sat['usd_per_1k_tokens_metered']:.3g} | {_f(sat['usd_per_1k_tokens_all_in'], '{:.3g}')} | "
                          f"{_offline_cell(sat['offline_matching'])} | {sat['metered_over_offline']:.2f}x | "
                          f"{_every_round(sat)} | {'yes' if sat['within_15pct'] else 'no'} | "

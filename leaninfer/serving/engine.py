@@ -160,9 +160,11 @@ class _EngineBase:
         for t in self._threads:
             t.join(timeout=5)
 
-    def _record_busy(self, seconds: float) -> None:
+    def _record_busy(self, seconds: float, wall: float | None = None) -> None:
+        """A model call: the machine time it held (``seconds``) and its wall time (the same for one lane)."""
         self.busy.add(seconds)
         self.metrics.busy_seconds.labels(self.name).inc(seconds)
+        self.metrics.call_seconds.labels(self.name).inc(seconds if wall is None else wall)
         self.metrics.utilization.labels(self.name).set(self.busy.fraction())
 
     def stop_accepting(self) -> None:
@@ -394,7 +396,7 @@ class EmbeddingEngine(_EngineBase):
         finally:
             with self._cv:
                 dt = self._shares.stop(key)  # the machine time this call held
-        self._record_busy(dt)
+        self._record_busy(dt, wall=time.perf_counter() - t0)
         self.metrics.batch_size.labels(self.name, "embedding").observe(len(batch))
         shares = split_cost(dt, [len(i.token_ids) for i in batch])
         done: list[tuple[_EmbedJob, Exception | None]] = []

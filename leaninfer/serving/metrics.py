@@ -40,6 +40,10 @@ class ServerMetrics:
                              registry=r)
         self.busy_seconds = Counter("leaninfer_engine_busy_seconds_total", "engine time spent in model calls",
                                     ["model"], registry=r)
+        self.call_seconds = Counter("leaninfer_engine_call_seconds_total",
+                                    "wall time of model calls, summed over calls (with embedding lanes calls overlap: "
+                                    "busy seconds / call seconds is the mean share of the machine a call held)",
+                                    ["model"], registry=r)
         self.utilization = Gauge("leaninfer_engine_utilization", "busy fraction of the engine, last 60 s",
                                  ["model"], registry=r)
         self.cancelled = Counter("leaninfer_cancelled_requests_total",

@@ -409,3 +409,18 @@ def test_a_round_without_both_brackets_is_left_out():
     assert v["saturation"]["rounds"] == []  # each round lost one side: back to the offline bench at the start
     assert not v["saturation"]["bracketed"] and v["saturation"]["level"] == "c=32 (wrk, round 2/2)"
     assert v["saturation"]["metered_over_offline"] == pytest.approx(2.0e-5 / (5e-5 / 3))
+
+
+def test_lanes_calls_are_matched_at_rows_over_the_machine_share_they_held():
+    # two lanes: 25 calls of 12 rows, 3.6 machine seconds over 7.2 s of calls (each held half the machine), so
+    # the machine ran 24 rows at a time: matched with the offline bench at batch 24 (between 16 and 32)
+    wrk = _wrk_raw()
+    wrk["metrics_before"] = {**wrk["metrics_before"], "leaninfer_engine_call_seconds_total": 20.0}
+    wrk["metrics_after"] = {**wrk["metrics_after"], "leaninfer_engine_call_seconds_total": 27.2}
+    (v,) = build_serve_load_report(_state([_python_raw(32), wrk]))["groups"][0]["variants"]
+    sat = v["saturation"]
+    assert sat["machine_share"] == pytest.approx(0.5) and sat["rows_per_call"] == 12.0
+    assert sat["mean_batch_size"] == pytest.approx(24.0)
+    # a + b/batch between 16 (1.5e-5) and 32 (1.25e-5): b = 8e-5, a = 1e-5; at 24: 1e-5 + 8e-5 / 24
+    assert sat["offline_usd_per_1k_tokens"] == pytest.approx(1e-5 + 8e-5 / 24, rel=1e-12)
+    assert "| 24.0 (12.0 / 0.50) |" in to_markdown(build_serve_load_report(_state([wrk])))

@@ -92,22 +92,25 @@ def test_two_lanes_run_two_calls_at_once_same_vectors_metered_at_their_share(min
             engine = c.app.state.served["minilm"].engine
             assert engine.lanes == 2
             busy = engine.metrics.busy_seconds.labels("minilm")
-            b0, t0 = busy._value.get(), time.perf_counter()
+            call_s = engine.metrics.call_seconds.labels("minilm")
+            b0, s0, t0 = busy._value.get(), call_s._value.get(), time.perf_counter()
             first = await asyncio.gather(*(c.post("/v1/embeddings", json={"model": "minilm", "input": t})
                                            for t in texts[:2]))
             wall, metered = time.perf_counter() - t0, busy._value.get() - b0
+            calls_wall = call_s._value.get() - s0
             rest = []
             for t in texts[2:]:
                 await asyncio.sleep(OVERLAP_MEMORY_S + 0.1)  # long after the overlap: no longer under load
                 rest.append(await c.post("/v1/embeddings", json={"model": "minilm", "input": t}))
-        return first + rest, wall, metered
+        return first + rest, wall, metered, calls_wall
 
-    responses, wall, metered = asyncio.run(main())
+    responses, wall, metered, calls_wall = asyncio.run(main())
     assert [r.status_code for r in responses] == [200] * 4
     got = np.array([r.json()["data"][0]["embedding"] for r in responses], dtype=np.float32)
     assert np.allclose(got, expected, atol=1e-5)
     assert {name.rsplit("-", 1)[-1] for name in calls[:2]} == {"minilm", "1"}  # one call on each lane
     assert 0.5 <= metered <= wall  # two calls of >= 0.5 s at once: the machine's time, not twice it
+    assert calls_wall >= 1.0 and metered <= 0.75 * calls_wall  # each call's wall time; each held half the machine
     whole = minilm.max_lanes()
     # the first call began alone (every core), the second beside it (its half); one at a time and a while
     # after the overlap, every core again (on lane 0: lane 1 only takes work while lane 0 is busy)

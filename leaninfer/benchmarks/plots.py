@@ -176,7 +176,8 @@ def cost_under_load_figure(report: dict):
     all-in cost (idle time paid for) solid and the server's metered cost (busy time only) dashed over the Python
     client's levels; the wrk level (when it ran) as two unconnected markers, all-in (hollow circle) and metered
     (star); the offline bench's figure as a dotted horizontal line, at the batch size the saturation level is
-    compared at (the server's mean rows per model call there, said in the legend), else at the max batch size.
+    compared at (the matching batch: rows per model call over the machine share a call held), else at the max
+    batch size.
     None without data."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
@@ -209,7 +210,7 @@ def cost_under_load_figure(report: dict):
             if sat:
                 off = sat["offline_matching"]
                 ax.axhline(off["usd_per_1k_tokens"], color=c, linestyle=":", linewidth=1.5,
-                           label=f"{v['name']}: offline, batch {off['batch_size']:.3g} (served mean batch at "
+                           label=f"{v['name']}: offline, batch {off['batch_size']:.3g} (matching "
                                  f"{sat['level']})")
             elif v.get("offline"):
                 ax.axhline(v["offline"]["usd_per_1k_tokens"], color=c, linestyle=":", linewidth=1.5,

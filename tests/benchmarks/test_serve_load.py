@@ -196,8 +196,8 @@ def test_plot_one_line_per_variant_and_cost_next_to_offline(run):
     for line in ax.lines:
         by_style.setdefault(line.get_linestyle(), []).append(line.get_label())
     (group,) = report["groups"]
-    offline = [f"{v['name']}: offline, batch {v['saturation']['offline_matching']['batch_size']:.3g} (served mean "
-               f"batch at {v['saturation']['level']})" for v in group["variants"]]
+    offline = [f"{v['name']}: offline, batch {v['saturation']['offline_matching']['batch_size']:.3g} (matching "
+               f"{v['saturation']['level']})" for v in group["variants"]]
     want = {"-": ["fp32: all-in", "int8: all-in"], "--": ["fp32: metered", "int8: metered"], ":": offline}
     if HAS_WRK:  # unconnected markers
         want["None"] = [f"{n}: metered, c=2 (wrk)" for n in ("fp32", "int8")]  # no all-in: wrk cuts requests

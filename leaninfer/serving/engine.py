@@ -237,10 +237,10 @@ class EmbeddingEngine(_EngineBase):
         texts into calls trades against padding (``form_embedding_batches``).
 
         Design note. It differs by model far more than one default can cover: on a 2-vCPU Zen 4, minilm's traced
-        FP32 encoder costs ~24 tokens per call, its ONNX Runtime INT8 graph ~4, and eager PyTorch used to cost
-        ~50-100. With the old fixed 100, ORT INT8 calls were never cut and padded to their longest text (9%
-        more tokens than the texts held); cut at its measured overhead it padded 1.6% and served 17% more
-        requests/s (wrk, c=32). So the engine times calls of 1 and 4 texts of CALIBRATION_TOKENS tokens, on a
+        FP32 encoder measures 23-50 tokens per call, its ONNX Runtime INT8 graph 1-3, and eager PyTorch used to
+        cost ~50-100. With the old fixed 100, ORT INT8 calls were never cut and padded to their longest text (9%
+        more tokens than the texts held); cut at 8 they padded 1.6% and served 13-17% more requests/s (wrk,
+        c=32). So the engine times calls of 1 and 4 texts of CALIBRATION_TOKENS tokens, on a
         lane's share of the cores (the share it has under load, where the cut matters), the median of 3 after
         a warm-up each: overhead = t1 - tokens x (t4 - t1) / (3 x tokens). A model that fails or times
         nonsense gets DEFAULT_CALL_OVERHEAD_TOKENS, said in the log; the figure is kept within

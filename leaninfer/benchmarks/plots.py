@@ -200,7 +200,7 @@ def cost_under_load_figure(report: dict):
                 for x, y, _, label in pts:
                     ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=c)
             for k, lv in enumerate(lv for lv in priced if lv["mode"] == "wrk"):  # one legend entry for its rounds
-                x, label = [lv["requests_per_s"]], lv["label"].split(",")[0].rstrip(")") + ")"
+                x, label = [lv["requests_per_s"]], f"c={lv['level']:g} (wrk)"
                 if lv["usd_per_1k_tokens_all_in"] is not None:
                     ax.plot(x, [lv["usd_per_1k_tokens_all_in"]], color=c, linestyle="none", marker="o",
                             markerfacecolor="none", label=None if k else f"{v['name']}: all-in, {label}")

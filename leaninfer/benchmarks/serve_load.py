@@ -14,8 +14,8 @@ Then, when ``wrk`` is installed, the saturation level: closed loop at ``connecti
 server idle, batch sizes from m/4 up) before the first round and after each (``bracketed_saturation``). The
 report sets each round against the runs just before and after it and takes the median round: on a shared VM
 the machine's speed drifts by 10-30% over the minutes between the offline bench at the start and the served
-levels, as much as the tolerance of the comparison. The Python client spends about 2 ms of CPU per request on the
-cores the server needs, which slows every model call and so raises the metered cost (busy time x price); wrk
+levels, as much as the tolerance of the comparison. The Python client spends about 2 ms of CPU per request on
+the cores the server needs, which slows every model call and so raises the metered cost (busy time x price); wrk
 (C, one thread, pre-built requests: ``launch.run_wrk``) spends a small fraction of that. It posts non-streaming
 bodies built from the same prompts the load generator sends (``wrk_bodies``), after a short wrk warm-up. wrk
 reports a summary (requests, errors, latency percentiles), not per-request samples, so those rounds have no TTFT,

@@ -14,8 +14,8 @@ percentiles are wrk's summary, its tokens the server's ``/metrics`` deltas (``se
 TTFT, ITL or goodput (``wrk_level_summary``).
 
 At saturation the metered figure is set against the offline bench's. The saturation level is the wrk level
-(its rounds) when there is one, else the highest closed-loop concurrency driven by the Python client (whose CPU shares the
-server's cores: the report says which). The offline figure it is compared with is the one at the *matching*
+(its rounds) when there is one, else the highest closed-loop concurrency driven by the Python client (whose CPU
+shares the server's cores: the report says which). The offline figure it is compared with is the one at the *matching*
 batch size: the server's mean rows per model call at that level (embedding calls for embeddings, decode steps
 for generation) over the mean share of the machine a call held (``matching_batch``: embedding lanes run calls
 side by side on part of the cores each), which is below the max batch size when the queue doesn't keep every
@@ -192,8 +192,8 @@ def summarize_level(raw: dict, endpoint: str, usd_per_hour: float, slo: dict) ->
 
 def _machine_share(raw: dict, busy: float) -> float:
     """The mean share of the machine a model call held over the level: busy (machine) seconds / the calls' wall
-    seconds; 1 for one call at a time on every core, 1/2 for two embedding lanes running at once (None-safe: 1
-    when the server didn't count call seconds)."""
+    seconds; 1 for one call at a time on every core, 1/2 for two embedding lanes running at once; 1 when the
+    server didn't count call seconds."""
     calls = raw["metrics_after"].get("leaninfer_engine_call_seconds_total", 0.0) - raw["metrics_before"].get(
         "leaninfer_engine_call_seconds_total", 0.0)
     return min(1.0, busy / calls) if calls > 0 and busy > 0 else 1.0
@@ -419,7 +419,8 @@ def _every_round(sat: dict) -> str:
     """Each bracketed round's ratio and, in brackets, its offline drift (after / before), e.g. 1.05x (+3%)."""
     if not sat["rounds"]:
         return "–"
-    return ", ".join(f"{r['metered_over_offline']:.2f}x ({100 * (r['offline_drift'] - 1):+.0f}%)" for r in sat["rounds"])
+    return ", ".join(f"{r['metered_over_offline']:.2f}x ({100 * (r['offline_drift'] - 1):+.0f}%)"
+                     for r in sat["rounds"])
 
 
 def _level_row(name: str, lv: dict) -> str:
@@ -489,7 +490,8 @@ def to_markdown(report: dict) -> str:
                       "decided on the median round. Beside it: the offline bench run before the variant was served "
                       f"(`{g['offline_dir']}/report.md`) at the max batch size, and the median round against the "
                       "matching batch of that earlier run.", "",
-                  f"| variant | served level | util | server / client CPU s | matching batch (rows per {kind} call / share) | "
+                  "| variant | served level | util | server / client CPU s | "
+                  f"matching batch (rows per {kind} call / share) | "
                   "served $/1K metered | served $/1K all-in | offline $/1K, matching batch | metered / offline | "
                   "every round | within 15% | vs the offline bench at start, matching batch | "
                   f"offline $/1K at start, batch {mb} | metered / offline at {mb} |",

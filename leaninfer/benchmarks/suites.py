@@ -47,14 +47,14 @@ SUITES: dict[str, dict] = {
     },
     # Cost under load, measured: each variant served by `leaninfer serve` and driven by the load generator, then
     # at saturation by wrk when installed, in rounds, each between two runs of the offline bench of that variant
-    # (leaninfer/benchmarks/serve_load.py), against the offline bench at the server's mean batch (measured at
-    # 1, m/4, m/2, m; m = the server's max batch size). About 12 minutes on 2 cores (see docs/benchmarks.md);
+    # (leaninfer/benchmarks/serve_load.py), against the offline bench at the matching batch (measured at
+    # 1, m/4, m/2, m; m = the server's max batch size). About 16 minutes on 2 cores (16 min 39 s, Zen 4);
     # --duration-s: s per level and per wrk round.
     "serve-cpu": {
         "description": "served cost against load: minilm FP32 vs onnx+ort-int8 (embeddings, c=1/8/32, 25/75 req/s, "
                        "then c=32 driven by wrk), random:gpt2 FP32 vs int8 (completions, 32 new tokens, c=1/4/16, "
                        "1/3 req/s, then c=16 by wrk); saturation in 3 (minilm) and 5 (gpt2) wrk rounds, each set "
-                       "against the offline bench run just before and after it at the served mean batch size "
+                       "against the offline bench run just before and after it at the matching batch size "
                        "(measured at 1, m/4, m/2, m; interpolated in 1/batch); the median round is the figure",
         "serve_load": {
             "groups": [

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from . import logs
 from .benchmarks import cli as bench_cli
+from .benchmarks.load import cli as load_cli
 from .data import read_texts
 from .demo import run_demo
 from .errors import LeaninferError
@@ -211,6 +212,7 @@ def demo_cmd(
 # The benchmark and serving jobs keep their commands with their packages.
 bench_cli.register(app, user_errors)
 serve_cli.register(app, user_errors)
+load_cli.register(app, user_errors)
 keys_cli.register(app, user_errors)
 finops_cli.register(app, user_errors)
 

@@ -22,9 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from leaninfer.benchmarks.load.launch import run_wrk, start_server, stop_server
 from leaninfer.data import default_texts
-from leaninfer.finops.stores import open_store
-from leaninfer.serving.launch import run_wrk, start_server, stop_server
+from leaninfer.finops.store import open_store
 
 
 def texts_from(path: str | None, n: int) -> list[str]:

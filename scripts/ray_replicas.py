@@ -22,7 +22,7 @@ import shutil
 import tempfile
 
 from leaninfer.data import default_texts
-from leaninfer.serving.launch import run_wrk, start_server, stop_server
+from leaninfer.benchmarks.load.launch import run_wrk, start_server, stop_server
 
 
 def main() -> None:

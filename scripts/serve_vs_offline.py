@@ -37,8 +37,8 @@ import leaninfer
 from leaninfer.benchmarks.serve_load import wait_idle
 from leaninfer.data import default_texts
 from leaninfer.serving import launch
-from leaninfer.serving.launch import stop_server
-from leaninfer.serving.loadgen import LoadSpec, run_level
+from leaninfer.benchmarks.load.launch import stop_server
+from leaninfer.benchmarks.load.loadgen import LoadSpec, run_level
 
 
 def read_sentences(path: str | None) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from leaninfer.serving.app import ServerConfig, create_app
-from leaninfer.serving.engine import BatchingConfig
+from leaninfer.engines.engine import BatchingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "leaninfer-dashboard.json"

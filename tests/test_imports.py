@@ -124,3 +124,56 @@ def test_the_model_layer_does_not_depend_on_the_step_registry():
     for name in [n for n in graph if n.startswith("leaninfer.models")] + ["leaninfer.artifacts"]:
         bad = sorted(m for m in _reachable(graph, name) if m.startswith(("leaninfer.steps", "leaninfer.pipeline")))
         assert not bad, f"{name} reaches {bad}"
+
+
+# The layering, as a table: which layer may import which. A module outside every named layer is "base" (errors,
+# cost, hardware, latency, quality, data, logs, artifacts, spec_text, listing) and may import only base modules.
+# Read it as DESIGN.md's arrows: models <- steps <- pipeline; models <- engines <- http; finops <- gate <- http;
+# benchmarks -> engines, never http. "app" is the CLI and the public API, which wire everything together.
+LAYER_OF = [  # (module prefix, layer), most specific first
+    ("leaninfer.finops.gate", "gate"), ("leaninfer.finops", "finops"), ("leaninfer.models", "models"),
+    ("leaninfer.steps", "steps"), ("leaninfer.pipeline", "pipeline"), ("leaninfer.evaluate", "evaluate"),
+    ("leaninfer.engines", "engines"), ("leaninfer.serving", "http"), ("leaninfer.benchmarks", "benchmarks"),
+    ("leaninfer.cli", "app"), ("leaninfer.demo", "app"),
+]
+MAY_IMPORT = {
+    "base": {"base"},
+    "models": {"base"},
+    "steps": {"base", "models"},
+    "evaluate": {"base", "models"},
+    "pipeline": {"base", "models", "steps", "evaluate"},
+    "engines": {"base", "models"},
+    "finops": {"base"},
+    "gate": {"base", "finops"},
+    "http": {"base", "models", "engines", "finops", "gate"},
+    "benchmarks": {"base", "models", "steps", "pipeline", "evaluate", "engines"},
+    "app": {"base", "models", "steps", "pipeline", "evaluate", "engines", "finops", "gate", "http", "benchmarks",
+            "app"},
+}
+
+
+def _layer(module: str) -> str:
+    if module == "leaninfer":
+        return "app"
+    return next((layer for prefix, layer in LAYER_OF if module == prefix or module.startswith(prefix + ".")),
+                "base")
+
+
+def test_every_import_follows_the_layering_table():
+    graph, _ = _graph()
+    bad = sorted(f"{a} ({_layer(a)}) imports {b} ({_layer(b)})" for a, targets in graph.items() for b in targets
+                 if _layer(b) != _layer(a) and _layer(b) not in MAY_IMPORT[_layer(a)])
+    assert not bad, "imports against the layering (tests/test_imports.py MAY_IMPORT):\n" + "\n".join(bad)
+
+
+def test_benchmarks_and_engines_never_reach_the_http_layer():
+    graph, _ = _graph()
+    for name in [n for n in graph if _layer(n) in ("benchmarks", "engines", "finops", "gate")]:
+        bad = sorted(m for m in _reachable(graph, name) if _layer(m) == "http")
+        assert not bad, f"{name} reaches the HTTP layer: {bad}"
+
+
+def test_the_layering_check_finds_a_planted_arrow():
+    assert _layer("leaninfer.benchmarks.runner") == "benchmarks" and _layer("leaninfer.serving.routes") == "http"
+    assert "http" not in MAY_IMPORT["benchmarks"] and "engines" not in MAY_IMPORT["finops"]
+    assert _layer("leaninfer.finops.gate") == "gate" and _layer("leaninfer.errors") == "base"

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import LeaninferError
 from ..hardware import detect_local, get_profile
-from ..pipeline import continues_step, parse_steps, split_step_text
+from ..pipeline import continues_step, parse_steps
+from ..spec_text import split_step_text
 from .report import build_report, load_report, write_report
 
 BASELINE = "fp32"

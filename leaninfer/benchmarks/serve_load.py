@@ -5,7 +5,7 @@ variants with the optimize job into ``OUT/offline/<model>/variants`` and measure
 few batch sizes up to the one the server may reach, ``offline_batch_sizes(max_batch_size)`` = 1, m/4, m/2, m).
 Then each variant is served by ``leaninfer serve`` in its own subprocess (``--store none --cache-max-bytes 0``:
 no ledger, no response cache, so every request reaches the model; priced with ``--usd-per-hour``) and driven
-level by level with the project's load generator (``leaninfer.serving.loadgen``: closed-loop concurrency levels,
+level by level with the project's load generator (``leaninfer.benchmarks.load.loadgen``: closed-loop concurrency levels,
 then open-loop Poisson rates). Around each level this process reads the server's ``/metrics`` (cost, busy
 seconds, tokens, rows per model call) and both processes' CPU time, and keeps every request's raw sample.
 
@@ -24,7 +24,7 @@ what wrk left in flight when it stopped (``wait_idle``). Without wrk nothing els
 saturation figure was driven by the Python client. ``serve_load_report`` turns the raw levels into the report;
 nothing measured here is derived.
 
-The loop over one Python level mirrors ``loadgen.run_level`` request for request (the same ``_one``, so TTFT and
+The loop over one Python level mirrors ``loadgen.run_level`` request for request (the same ``one_request``, so TTFT and
 ITL are timed exactly as ``leaninfer load`` times them) but keeps the per-request samples, which ``run_level``
 folds into percentiles: the report's percentiles, goodput and token counts are recomputed from them.
 """
@@ -47,9 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import LeaninferError
 from ..hardware import get_profile
-from ..serving import launch
-from ..serving.launch import stop_server
-from ..serving.loadgen import LoadSpec, _one, make_prompt
+from .load import launch
+from .load.launch import stop_server
+from .load.loadgen import LoadSpec, one_request, make_prompt
 from .runner import BenchConfig, _slug, measure_job, parse_variants, run_bench, spawn_worker
 from .serve_load_report import build_serve_load_report, write_serve_load_report
 
@@ -173,14 +173,14 @@ async def drive_level(spec: LoadSpec, mode: str, level: float) -> tuple[list[dic
         if mode == "concurrency":
             async def worker():
                 while time.perf_counter() < deadline:
-                    samples.append(await _one(client, spec, next(counter)))
+                    samples.append(await one_request(client, spec, next(counter)))
 
             await asyncio.gather(*(worker() for _ in range(int(level))))
         else:
             rng = random.Random(0)
             tasks = []
             while time.perf_counter() < deadline:
-                tasks.append(asyncio.ensure_future(_one(client, spec, next(counter))))
+                tasks.append(asyncio.ensure_future(one_request(client, spec, next(counter))))
                 await asyncio.sleep(rng.expovariate(level))
             samples = list(await asyncio.gather(*tasks))
     return [asdict(s) for s in samples], time.perf_counter() - t0
@@ -242,7 +242,7 @@ def bracketed_saturation(base: str, name: str, group: ServeGroup, server_pid: in
 # -- the wrk level ------------------------------------------------------------------------------------------------
 def wrk_bodies(group: ServeGroup, name: str, n: int = WRK_BODIES) -> tuple[str, list[dict]]:
     """The path and ``n`` non-streaming request bodies of ``group``'s endpoint, from the prompts the load
-    generator sends (``_one``'s seeds: ``i * 7919`` for embeddings, ``i`` for generation)."""
+    generator sends (``one_request``'s seeds: ``i * 7919`` for embeddings, ``i`` for generation)."""
     if group.endpoint == "embeddings":
         return "/v1/embeddings", [{"model": name, "input": [make_prompt(group.prompt_tokens, i * 7919)]}
                                   for i in range(n)]

@@ -22,7 +22,7 @@ from ..latency import Latency
 from ..logs import quiet_libraries
 from ..models import load
 from ..pipeline import optimize
-from ..serving.core import GenerationScheduler, GenSequence, SamplingParams
+from ..engines.core import GenerationScheduler, GenSequence, SamplingParams
 from .measures import dir_bytes, hwm_bytes, measure_bandwidth, reset_peak_rss, rss_bytes
 from .roofline import model_shape
 

@@ -20,6 +20,7 @@ def _logits(m):
     return m.logits_batch(m.tokenize(TEXT))
 
 
+@pytest.mark.slow
 def test_gpt2_int8_artifact_reloads_tied_with_identical_logits(gpt2_int8_artifact):
     path, built = gpt2_int8_artifact
     m = leaninfer.load(path)
@@ -43,6 +44,7 @@ def test_int8_artifacts_of_each_method_reload_identically(tiny_gpt2, tmp_path, m
     assert r.manifest["quantization_map"], "the manifest holds the map the model is rebuilt from"
 
 
+@pytest.mark.slow
 def test_loading_needs_no_step_registry(gpt2_int8_artifact, monkeypatch):
     monkeypatch.setattr(step_registry, "STEPS", {})
     with pytest.raises(LeaninferError, match="unknown step"):

@@ -39,6 +39,7 @@ class CountingRunner:
         self.inner.release(ids)
 
 
+@pytest.mark.slow
 def test_generate_bench_and_server_give_the_same_greedy_tokens(gpt2, monkeypatch):
     batch, prompt_tokens, gen_tokens = 3, 12, 6
     made = []
@@ -114,7 +115,7 @@ def test_static_shape_runner_gives_the_dynamic_runner_tokens(request, fixture, m
     """The CUDA-graph path's cache layout, checked on the CPU: staggered joins and leaves, and a capacity
     regrowth mid-decode (capacity step shrunk to 8)."""
     from leaninfer.models import static_runner
-    from leaninfer.serving.core import GenerationScheduler, GenSequence, SamplingParams
+    from leaninfer.engines.core import GenerationScheduler, GenSequence, SamplingParams
 
     m = request.getfixturevalue(fixture)
     monkeypatch.setattr(static_runner, "CAPACITY_STEP", 8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from leaninfer.models import RecomputeRunner
-from leaninfer.serving.core import GenerationScheduler, GenSequence, SamplingParams
+from leaninfer.engines.core import GenerationScheduler, GenSequence, SamplingParams
 
 PROMPTS = ["hello there", "a much longer prompt with many words in it to pad the batch", "x",
            "the cat sat on the mat today"]

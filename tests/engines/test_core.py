@@ -7,7 +7,7 @@ from collections import deque
 
 import numpy as np
 
-from leaninfer.serving.core import (
+from leaninfer.engines.core import (
     BusyWindow,
     EmbedItem,
     EmbedQueue,

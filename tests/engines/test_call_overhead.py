@@ -8,9 +8,9 @@ import types
 
 import pytest
 
-from leaninfer.serving import engine as engine_mod
-from leaninfer.serving.engine import DEFAULT_CALL_OVERHEAD_TOKENS, BatchingConfig, EmbeddingEngine
-from leaninfer.serving.metrics import ServerMetrics
+from leaninfer.engines import engine as engine_mod
+from leaninfer.engines.engine import DEFAULT_CALL_OVERHEAD_TOKENS, BatchingConfig, EmbeddingEngine
+from leaninfer.engines.metrics import ServerMetrics
 
 
 def _fake_clock(monkeypatch, model, overhead_tokens: float, per_token_s: float = 1e-4, fail: bool = False):

@@ -67,7 +67,7 @@ class ServerMetrics:
             self.cancelled.labels(model).inc()
 
     def observe_embedding(self, model: str, n_tokens: int, meter) -> None:
-        """An answered embeddings request (``meter``: its :class:`~leaninfer.serving.engine.Meter`)."""
+        """An answered embeddings request (``meter``: its :class:`~leaninfer.engines.engine.Meter`)."""
         self.input_tokens.labels(model).inc(n_tokens)
         self.queue_time.labels(model).observe(meter.queue_s)
         self.cost.labels(model).inc(meter.to_dict()["cost_usd"])

@@ -15,8 +15,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..data import default_texts
-from ..latency import Latency
+from ...data import default_texts
+from ...latency import Latency
 
 ENDPOINTS = ("embeddings", "completions", "chat")
 
@@ -79,7 +79,7 @@ class LoadSpec:
     texts: list[str] | None = None  # embeddings: request i sends texts[i % len] (one text each) instead of make_prompt
 
 
-async def _one(client, spec: LoadSpec, i: int) -> Sample:
+async def one_request(client, spec: LoadSpec, i: int) -> Sample:
     start = time.perf_counter()
     url = spec.base_url.rstrip("/")
     try:
@@ -162,7 +162,7 @@ async def run_level(spec: LoadSpec, mode: str, level: float) -> LevelResult:
             async def worker():
                 while more() and budget[0] > 0:
                     budget[0] -= 1
-                    samples.append(await _one(client, spec, next(counter)))
+                    samples.append(await one_request(client, spec, next(counter)))
 
             await asyncio.gather(*(worker() for _ in range(int(level))))
         else:
@@ -170,7 +170,7 @@ async def run_level(spec: LoadSpec, mode: str, level: float) -> LevelResult:
             tasks = []
             n = 0
             while more() and (deadline is not None or n < spec.requests):
-                tasks.append(asyncio.ensure_future(_one(client, spec, next(counter))))
+                tasks.append(asyncio.ensure_future(one_request(client, spec, next(counter))))
                 n += 1
                 await asyncio.sleep(rng.expovariate(level))
             samples = list(await asyncio.gather(*tasks))

@@ -35,8 +35,8 @@ from .core import (
     split_cost,
     wait_for_batch,
 )
+from .errors import EngineError, EngineFailed, Overloaded, Unavailable
 from .metrics import ServerMetrics
-from .protocol import OpenAIError
 
 log = logging.getLogger("leaninfer.serving")
 CALIBRATION_TOKENS = 32  # tokens per text of the calls that measure a model call's fixed cost
@@ -100,14 +100,13 @@ QUIET_MS = 3.0  # embeddings: a pause in arrivals this long ends the wait for a 
 OVERLAP_MEMORY_S = 1.0  # embeddings lanes: how long after two calls overlapped a lane keeps to its share
 
 
-def queue_full(name: str, depth: int) -> OpenAIError:
-    return OpenAIError(503, f"model {name!r} has {depth} requests waiting (the --max-queue limit): retry later",
-                       type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
+def queue_full(name: str, depth: int) -> Overloaded:
+    return Overloaded(f"model {name!r} has {depth} requests waiting (the --max-queue limit): retry later")
 
 
-def queue_tokens_full(name: str, tokens: int, limit: int) -> OpenAIError:
-    return OpenAIError(503, f"model {name!r} has {tokens} tokens waiting (the --max-queue-tokens limit is {limit}): "
-                            "retry later", type="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
+def queue_tokens_full(name: str, tokens: int, limit: int) -> Overloaded:
+    return Overloaded(f"model {name!r} has {tokens} tokens waiting (the --max-queue-tokens limit is {limit}): "
+                      "retry later")
 
 
 class _EngineBase:
@@ -138,8 +137,8 @@ class _EngineBase:
             self._run(lane)
         except BaseException as e:
             log.error("the engine of model %r died", self.name, exc_info=e)
-            error = OpenAIError(500, f"the engine of model {self.name!r} died: {type(e).__name__}: {e}",
-                                type="server_error", code="engine_dead")
+            error = EngineFailed(f"the engine of model {self.name!r} died: {type(e).__name__}: {e}",
+                                 code="engine_dead")
             with self._cv:
                 self.dead = f"{type(e).__name__}: {e}"
                 # before the waiting requests fail: whoever hears of the death finds the gauge at 0 already
@@ -173,11 +172,9 @@ class _EngineBase:
 
     def _check_accepting(self) -> None:
         if self.dead is not None:
-            raise OpenAIError(503, f"the engine of model {self.name!r} died: {self.dead}", type="server_error",
-                              code="engine_dead")
+            raise Unavailable(f"the engine of model {self.name!r} died: {self.dead}", code="engine_dead")
         if not self._accepting:
-            raise OpenAIError(503, "the server is shutting down", type="server_unavailable", code="draining",
-                              headers={"Retry-After": "5"})
+            raise Unavailable("the server is shutting down", code="draining")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -194,6 +191,25 @@ class _EmbedJob:
     remaining: int = 0
     busy_s: float = 0.0
     cancelled: bool = False
+
+
+class EmbedHandle:
+    """One embeddings request in an engine: ``await handle.result()`` gives ``(vectors, meter)``; cancelling
+    that await takes the request out of the queue."""
+
+    def __init__(self, engine: EmbeddingEngine, job: _EmbedJob):
+        self.engine, self.job = engine, job
+
+    async def result(self) -> tuple[np.ndarray, Meter]:
+        job = self.job
+        try:
+            await job.future
+        except asyncio.CancelledError:
+            self.engine._withdraw(job)
+            raise
+        meter = Meter(queue_s=job.started_at - job.enqueued_at, duration_s=time.perf_counter() - job.enqueued_at,
+                      busy_prefill_s=job.busy_s, usd_per_hour=self.engine.usd_per_hour)
+        return np.stack(job.vectors), meter
 
 
 class EmbeddingEngine(_EngineBase):
@@ -284,6 +300,12 @@ class EmbeddingEngine(_EngineBase):
             return len(self.queue) + sum(self._in_flight.values())
 
     async def embed(self, token_lists: list[list[int]]) -> tuple[np.ndarray, Meter]:
+        """The vectors of ``token_lists`` and what they cost: :meth:`submit`, then its result."""
+        return await self.submit(token_lists).result()
+
+    def submit(self, token_lists: list[list[int]]) -> EmbedHandle:
+        """Queue ``token_lists`` now (raising :class:`Overloaded` or :class:`Unavailable` when the engine can't
+        take them); the handle's ``result()`` waits for the vectors."""
         self._check_accepting()
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
@@ -302,19 +324,15 @@ class EmbeddingEngine(_EngineBase):
             self.queue.add([EmbedItem(t, request=job, index=k, enqueued_at=now) for k, t in enumerate(token_lists)])
             self.metrics.queue_depth.labels(self.name).set(waiting + 1)
             self._cv.notify_all()  # a lane may wait for another to be busy (_take)
-        try:
-            await job.future
-        except asyncio.CancelledError:
-            job.cancelled = True  # its items are skipped if already taken
-            with self._cv:
-                self.queue.discard(job)  # and leave the queue now, so their tokens stop counting
-            raise
-        meter = Meter(queue_s=job.started_at - job.enqueued_at, duration_s=time.perf_counter() - job.enqueued_at,
-                      busy_prefill_s=job.busy_s, usd_per_hour=self.usd_per_hour)
-        return np.stack(job.vectors), meter
+        return EmbedHandle(self, job)
+
+    def _withdraw(self, job: _EmbedJob) -> None:
+        job.cancelled = True  # its items are skipped if already taken
+        with self._cv:
+            self.queue.discard(job)  # and leave the queue now, so their tokens stop counting
 
     def _take(self, lane: int, free_since: float) -> list[EmbedItem]:
-        """Wait for a batch to fill (see :func:`~leaninfer.serving.core.wait_for_batch`), then take the queue.
+        """Wait for a batch to fill (see :func:`~leaninfer.engines.core.wait_for_batch`), then take the queue.
         ``free_since``: when this lane finished its last batch."""
         cfg = self.config
         max_wait_s = cfg.max_wait_ms / 1000
@@ -360,7 +378,7 @@ class EmbeddingEngine(_EngineBase):
                 self._busy.discard(lane)
             free_since = time.perf_counter()
 
-    def _fail_waiting(self, error: OpenAIError) -> None:
+    def _fail_waiting(self, error: EngineError) -> None:
         items = self.queue.take_all() + [i for taken in self._taken.values() for i in taken]
         self._taken, self._in_flight = {}, {}
         for job in {id(i.request): i.request for i in items}.values():
@@ -392,7 +410,7 @@ class EmbeddingEngine(_EngineBase):
             vecs = self.model.embed_batch(enc)
             error = None
         except Exception as e:  # fail this batch's requests, keep serving
-            vecs, error = None, OpenAIError(500, f"embedding failed: {type(e).__name__}: {e}", type="server_error")
+            vecs, error = None, EngineFailed(f"embedding failed: {type(e).__name__}: {e}")
         finally:
             with self._cv:
                 dt = self._shares.stop(key)  # the machine time this call held
@@ -555,6 +573,6 @@ class GenerationEngine(_EngineBase):
             self.metrics.running.labels(self.name).set(len(s.running))
         s.fail_all("the server stopped")
 
-    def _fail_waiting(self, error: OpenAIError) -> None:
+    def _fail_waiting(self, error: EngineError) -> None:
         self.scheduler.fail_all(error.message)
         self.metrics.running.labels(self.name).set(0)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import leaninfer
-from leaninfer.serving.engine import OVERLAP_MEMORY_S
+from leaninfer.engines.engine import OVERLAP_MEMORY_S
 
-from .conftest import app_client
+from ..serving.conftest import app_client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,6 +65,7 @@ def test_an_onnx_lane_gets_a_session_of_its_own_with_its_share_of_the_threads(tm
     np.testing.assert_allclose(seen["vectors"], ort_model.embed_batch(enc), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_lanes_run_two_calls_at_once_same_vectors_metered_at_their_share(minilm, monkeypatch):
     if minilm.max_lanes() < 2:
         pytest.skip("one CPU thread: one lane")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import LeaninferError
+from ...errors import LeaninferError
 
 
 def free_port() -> int:

@@ -1,127 +1,186 @@
 """Budgets enforced at admission: reserve the worst case before any work, settle the true cost after.
 
-A request's reservation is checked against every budget of its key (``$`` and tokens, per day, month and
-in total) as ``settled + outstanding reservations + this one <= limit``, and taken in the same step, so
-concurrent requests cannot overshoot: on one server every reserve and settle runs on the event loop's thread,
-one at a time. Settled spend lives in the ledger (the store); this book keeps, per key and window, the
-settled sum it loaded from the store when the window was first touched plus what it settled since, and the
-reservations in flight. A request settles at most what it reserved (see :class:`Reservation`).
+A request's reservation is checked against every budget of its key ($ and tokens, per day, month and in
+total) as ``settled + reservations in flight + this one <= limit``, and taken in the same step, all or
+nothing, by the :class:`~.store.ports.State`: this process's memory (one server) or the store (replicas
+sharing one budget). The rule is written here once, for both.
+
+Every reservation carries a hold (an id, this server's owner id, an expiry). Settling deletes it, so a
+request settles once however many times it is closed; a hold whose request never settles (its server died,
+or a bug) is released at its expiry (:meth:`BudgetBook.reclaim`, every :data:`RECLAIM_EVERY_S`), and a dead
+server's holds as soon as another server starts (``State.reclaim_orphans``). So ``hold_s`` must outlast the
+longest request: the gate passes the request timeout plus the drain timeout plus a margin.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from .keys import KeyRecord
-from .money import to_usd
-from .store import Store
+from .money import to_nano, to_usd
+from .store.ports import BudgetRefused, Hold, State
 from .windows import window_bounds
+
+# The default request timeout (600 s) + drain timeout (30 s) + a minute: what ``leaninfer serve`` passes
+# unless its timeouts change. An hour (the first releases) held a killed replica's reservations far too long.
+HOLD_S = 690.0
+RECLAIM_EVERY_S = 30.0
 
 
 @dataclass
 class BudgetExceeded(Exception):
-    """The reservation would take ``budget`` of key ``key_id`` past its limit."""
+    """The reservation would take ``budget`` of key ``key_id`` past its limit. ``used`` is ``settled`` (spent)
+    plus ``reserved`` (requests in flight) before this request's ``asked``."""
 
     key_id: str
     budget: str  # e.g. "usd_day", "tokens_total"
     limit: int  # nano-dollars or tokens
-    used: int  # settled + reserved before this request
+    used: int
     asked: int
     reset_at: float | None  # when the window starts afresh; None for a lifetime budget
+    settled: int | None = None  # None: all of ``used`` (when built without the split)
+    reserved: int = 0
+
+    def __post_init__(self):
+        if self.settled is None:
+            self.settled = self.used - self.reserved
+
+    @property
+    def in_flight_blocks(self) -> bool:
+        """Whether requests in flight are what is in the way: once they settle (seconds, usually below their
+        reservations) this request fits, where settled spend alone would leave it out until ``reset_at``."""
+        return self.settled + self.asked <= self.limit
 
     def message(self) -> str:
-        unit, window = self.budget.split("_")
+        unit, window = self.budget.split("_", 1)
         fmt = (lambda v: f"${to_usd(v):.6f}") if unit == "usd" else (lambda v: f"{v} tokens")
-        when = "it does not reset" if self.reset_at is None else "it resets at " + time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.reset_at))
+        if self.in_flight_blocks:
+            when = (f"requests in flight hold {fmt(self.reserved)} of it; retry when they finish")
+        elif self.reset_at is None:
+            when = "it does not reset"
+        else:
+            when = "it resets at " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.reset_at))
         return (f"budget exceeded: key {self.key_id} has used {fmt(self.used)} of its {window} budget of "
-                f"{fmt(self.limit)}, and this request may cost up to {fmt(self.asked)}; {when}")
+                f"{fmt(self.limit)} ({fmt(self.settled)} spent, {fmt(self.reserved)} reserved by requests in "
+                f"flight), and this request may cost up to {fmt(self.asked)}; {when}")
 
 
 @dataclass
 class Reservation:
+    """What a request reserved: its worst case, in the window of each budget of its key."""
+
     key_id: str
     nusd: int
     tokens: int
     windows: dict[str, float] = field(default_factory=dict)  # budget name -> start of its window
+    hold_id: str | None = None
     settled: bool = False
 
+    def clamp(self, nusd: int, tokens: int) -> tuple[int, int]:
+        """The charge of a request that cost ``nusd`` and ``tokens``: never more than it reserved (a slow
+        request pays its quote, the budget can't overshoot), never negative. The one place this is decided.
 
-@dataclass
-class _Account:
-    settled: int = 0
-    reserved: int = 0
+        Example:
+            >>> Reservation("k1", nusd=2_000, tokens=80).clamp(2_500, 57)
+            (2000, 57)
+        """
+        return max(0, min(nusd, self.nusd)), max(0, min(tokens, self.tokens))
 
 
 class BudgetBook:
-    """Reservations and settled spend per key and budget window.
+    """Reservations and settled spend per key and budget window, in a :class:`~.store.ports.State`.
 
     Example:
-        >>> book = BudgetBook(store, ZoneInfo("UTC"))                   # doctest: +SKIP
+        >>> from leaninfer.finops.keys import KeyPolicy, KeyRecord
+        >>> from leaninfer.finops.store.memory import MemoryState
+        >>> key = KeyRecord("k1", "h", KeyPolicy(team="search", budget_tokens_day=100), 0.0)
+        >>> book = BudgetBook(MemoryState(), ZoneInfo("UTC"), owner="server-1")
         >>> r = book.reserve(key, nusd=2_000, tokens=80)                # raises BudgetExceeded when over
         >>> book.settle(r, nusd=1_500, tokens=57)
+        (1500, 57)
     """
 
-    def __init__(self, store: Store, tz: ZoneInfo, clock: Callable[[], float] = time.time):
-        self.store, self.tz, self.clock = store, tz, clock
-        self._accounts: dict[tuple[str, str, float], _Account] = {}
-        # The server calls reserve/settle from the event loop's thread only; the lock makes the book safe for
-        # any other caller (a test's threads, a notebook) at the price of an uncontended acquire.
-        self._lock = threading.Lock()
+    def __init__(self, state: State, tz: ZoneInfo, clock: Callable[[], float] = time.time, hold_s: float = HOLD_S,
+                 owner: str = "", reclaim_every_s: float = RECLAIM_EVERY_S):
+        if not hold_s > 0:
+            raise ValueError(f"hold_s={hold_s!r}: a reservation's hold must last a positive number of seconds "
+                             "(longer than the longest request)")
+        self.state, self.tz, self.clock = state, tz, clock
+        self.hold_s, self.owner, self.reclaim_every_s = hold_s, owner, reclaim_every_s
+        # Hold ids: a random prefix per book and a counter (uuid4 per request reads os.urandom, a system call
+        # that gives up the GIL, on the event loop's thread).
+        self._hold_prefix, self._holds = uuid.uuid4().hex[:16], itertools.count(1)
+        self._next_reclaim = 0.0
+        self._lock = threading.Lock()  # guards Reservation.settled and the reclaim schedule
 
-    def _account(self, key_id: str, budget: str, start: float) -> _Account:
-        acc = self._accounts.get((key_id, budget, start))
-        if acc is None:
-            nusd, tokens = self.store.spend(key_id, start)
-            acc = self._accounts[(key_id, budget, start)] = _Account(nusd if budget.startswith("usd") else tokens)
-        return acc
+    def _limits(self, key: KeyRecord, now: float) -> list[tuple[str, float, float | None, int]]:
+        """``(budget, window start, reset, limit)`` of each budget of ``key``, in the policy's fixed order."""
+        out = []
+        for budget, (window, limit) in key.policy.budgets().items():
+            start, reset = window_bounds(window, now, self.tz)
+            out.append((budget, start, reset, to_nano(limit) if budget.startswith("usd") else int(limit)))
+        return out
 
     def reserve(self, key: KeyRecord, nusd: int, tokens: int) -> Reservation:
         """Take ``nusd`` nano-dollars and ``tokens`` from every budget of ``key``, or raise
         :class:`BudgetExceeded` for the first one it would exceed (and take nothing)."""
         now = self.clock()
+        self._maybe_reclaim(now)
         res = Reservation(key.key_id, nusd, tokens)
-        with self._lock:
-            plan = []
-            for budget, (window, limit) in key.policy.budgets().items():
-                start, reset = window_bounds(window, now, self.tz)
-                acc = self._account(key.key_id, budget, start)
-                asked, cap = (nusd, round(limit * 1e9)) if budget.startswith("usd") else (tokens, int(limit))
-                if acc.settled + acc.reserved + asked > cap:
-                    raise BudgetExceeded(key.key_id, budget, cap, acc.settled + acc.reserved, asked, reset)
-                plan.append((acc, asked))
-                res.windows[budget] = start
-            for acc, asked in plan:
-                acc.reserved += asked
+        limits = self._limits(key, now)
+        if not limits:
+            return res
+        res.hold_id = f"{self._hold_prefix}{next(self._holds):x}"
+        items = [(b, start, cap, nusd if b.startswith("usd") else tokens) for b, start, _, cap in limits]
+        try:
+            self.state.reserve(key.key_id, items, Hold(res.hold_id, self.owner, now + self.hold_s))
+        except BudgetRefused as e:
+            reset = next(r for b, _, r, _ in limits if b == e.budget)
+            raise BudgetExceeded(key.key_id, e.budget, e.limit, e.used, e.asked, reset, e.settled,
+                                 e.reserved) from None
+        res.windows = {b: start for b, start, _, _ in limits}
         return res
 
     def settle(self, res: Reservation, nusd: int, tokens: int) -> tuple[int, int]:
-        """Release the reservation and charge the true cost, at most what was reserved; returns the charge
-        ``(nusd, tokens)``. Settling twice is a no-op (a cancel racing a finish)."""
-        nusd, tokens = min(nusd, res.nusd), min(tokens, res.tokens)
+        """Release the reservation and charge the true cost, clamped by :meth:`Reservation.clamp`; returns the
+        charge ``(nusd, tokens)``. Settling twice is a no-op returning ``(0, 0)`` (a cancel racing a finish)."""
+        nusd, tokens = res.clamp(nusd, tokens)
         with self._lock:
             if res.settled:
                 return 0, 0
             res.settled = True
-            for budget, start in res.windows.items():
-                acc = self._accounts[(res.key_id, budget, start)]  # reserve created it
-                reserved, charged = (res.nusd, nusd) if budget.startswith("usd") else (res.tokens, tokens)
-                acc.reserved -= reserved
-                acc.settled += charged
+        if res.windows:
+            items = [(b, start, *((res.nusd, nusd) if b.startswith("usd") else (res.tokens, tokens)))
+                     for b, start in res.windows.items()]
+            try:
+                self.state.settle(res.key_id, items, res.hold_id)
+            except BaseException:
+                res.settled = False  # not settled: a retry may (the hold keeps it to once)
+                raise
         return nusd, tokens
 
     def used(self, key: KeyRecord) -> dict[str, tuple[int, int, float]]:
         """Per budget of ``key``: ``(settled, limit, window start)``, in nano-dollars or tokens (what alerts
         and the gauge show: reservations in flight are promises, not spend)."""
-        now, out = self.clock(), {}
+        limits = self._limits(key, self.clock())
+        if not limits:
+            return {}
+        found = self.state.budget_used(key.key_id, [(b, start) for b, start, _, _ in limits])
+        return {b: (found[b][0], cap, start) for b, start, _, cap in limits}
+
+    def reclaim(self, now: float | None = None) -> int:
+        """Release the reservations of holds past their expiry; returns how many."""
+        return self.state.reclaim(self.clock() if now is None else now)
+
+    def _maybe_reclaim(self, now: float) -> None:
         with self._lock:
-            for budget, (window, limit) in key.policy.budgets().items():
-                start, _ = window_bounds(window, now, self.tz)
-                acc = self._account(key.key_id, budget, start)
-                cap = round(limit * 1e9) if budget.startswith("usd") else int(limit)
-                out[budget] = (acc.settled, cap, start)
-        return out
+            if now < self._next_reclaim:
+                return
+            self._next_reclaim = now + self.reclaim_every_s
+        self.state.reclaim(now)

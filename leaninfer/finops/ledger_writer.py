@@ -4,7 +4,11 @@ A request hands its row to :meth:`LedgerWriter.record` and awaits it; the writer
 waiting, commits them in one transaction (group commit), then wakes their requests. The event loop never
 touches the database, the cost of a commit is shared by all the rows that queued behind it, and a response
 leaves only once its row is committed — so after ``kill -9`` every response a client received is in the
-ledger (see :mod:`.sqlite_store` for what "committed" survives).
+ledger (see :mod:`.store.sqlite` for what "committed" survives).
+
+A group commit that fails is retried row by row: one row the store refuses (PostgreSQL's TEXT holds no NUL,
+say) must not fail the other requests of its batch, nor lose their rows. Only the requests whose own row
+can't be written get :class:`LedgerWriteFailed`.
 """
 
 from __future__ import annotations
@@ -15,23 +19,45 @@ import queue
 import threading
 
 from .ledger import LedgerRow
-from .store import Store
+from .refusals import Refusal
+from .store.ports import Store
 
 log = logging.getLogger("leaninfer.finops")
 MAX_ROWS_PER_COMMIT = 1024
 _STOP = object()
 
 
+class LedgerWriteFailed(Refusal):
+    """The ledger could not record this request, so the server won't answer it as if it had (a 503: the
+    store is down or refused the row)."""
+
+    status, type = 503, "server_error"
+
+    def __init__(self, request_id: str, cause: BaseException):
+        super().__init__(f"the ledger could not record request {request_id} ({type(cause).__name__}); "
+                         "it is not answered: retry later, or ask the operator to check the store",
+                         "ledger_write_failed")
+        self.request_id = request_id
+        self.__cause__ = cause
+
+
 class LedgerWriter:
+    """Example:
+        >>> writer = LedgerWriter(store)                     # doctest: +SKIP
+        >>> await writer.record(row)                         # doctest: +SKIP
+    """
+
     def __init__(self, store: Store):
         self.store = store
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.rows_written = 0
+        self.rows_failed = 0
         self._thread = threading.Thread(target=self._run, name="leaninfer-ledger", daemon=True)
         self._thread.start()
-        self.rows_written = 0
 
     def record(self, row: LedgerRow) -> asyncio.Future:
-        """Queue ``row``; the returned future resolves once it is committed (or fails with the store's error)."""
+        """Queue ``row``; the returned future resolves once it is committed, or fails with
+        :class:`LedgerWriteFailed` when this row can't be written."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._queue.put((row, loop, fut))
@@ -52,15 +78,35 @@ class LedgerWriter:
                     self._queue.put(_STOP)  # finish this batch, then stop
                     break
                 batch.append(item)
-            try:
-                self.store.append([row for row, _, _ in batch])
-                error = None
-                self.rows_written += len(batch)
-            except Exception as e:  # the rows' requests fail with it (their responses must not claim a record)
-                log.error("ledger write of %d rows failed", len(batch), exc_info=e)
-                error = e
-            for _, loop, fut in batch:
+            errors = self._write([row for row, _, _ in batch])
+            for (_, loop, fut), error in zip(batch, errors, strict=True):
                 loop.call_soon_threadsafe(_resolve, fut, error)
+
+    def _write(self, rows: list[LedgerRow]) -> list[Exception | None]:
+        """Commit ``rows`` together, or each alone when that fails; one error (or None) per row."""
+        try:
+            self.store.append(rows)
+            self.rows_written += len(rows)
+            return [None] * len(rows)
+        except Exception as e:
+            if len(rows) == 1:
+                return [self._failed(rows[0], e)]
+            log.warning("ledger group commit of %d rows failed (%s); writing them one by one", len(rows),
+                        type(e).__name__)
+        errors: list[Exception | None] = []
+        for row in rows:
+            try:
+                self.store.append([row])
+                self.rows_written += 1
+                errors.append(None)
+            except Exception as e:
+                errors.append(self._failed(row, e))
+        return errors
+
+    def _failed(self, row: LedgerRow, e: Exception) -> LedgerWriteFailed:
+        self.rows_failed += 1
+        log.error("ledger row of request %s could not be written", row.request_id, exc_info=e)
+        return LedgerWriteFailed(row.request_id, e)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, then stop the thread."""

@@ -1,0 +1,207 @@
+"""The :class:`~.ports.State` of one server process: plain dicts under one lock.
+
+Called inline on the event loop's thread (``blocking = False``): a reserve, a rate hit or a cache lookup is a
+few dictionary operations, microseconds, where a thread hop would cost more than the work. The lock makes it
+safe for any other caller too (threads of a test, a notebook) at the price of an uncontended acquire.
+
+A budget window seen for the first time starts from the ledger's spend since its start (``spend``, the
+store's; nothing without a store), then counts what this process settles: right for one server, which is why
+a server on this State takes its store exclusively (:meth:`~.ports.Store.claim`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from .ports import (
+    RECLAIMED_HOLD_KEEP_S,
+    BudgetAsk,
+    BudgetCharge,
+    BudgetRefused,
+    Hold,
+    RateAsk,
+    RateResult,
+    Spend,
+    budget_unit,
+    sliding_window,
+)
+
+
+@dataclass
+class _Account:
+    settled: int = 0
+    reserved: int = 0
+
+
+@dataclass
+class _Hold:
+    key_id: str
+    items: list[tuple[str, float, int]]  # (budget, window start, reserved)
+    expires_at: float
+    reclaimed: bool = False
+
+
+@dataclass
+class _Window:
+    start: float
+    prev: int = 0
+    curr: int = 0
+
+
+@dataclass
+class _Entry:
+    body: bytes
+    cost_nusd: int
+    expires_at: float
+
+
+@dataclass
+class _Cache:
+    entries: OrderedDict = field(default_factory=OrderedDict)  # key -> _Entry, oldest first
+    size: int = 0
+
+
+class MemoryState:
+    """Budgets, holds, rate windows and the response cache of one process.
+
+    Example:
+        >>> state = MemoryState()
+        >>> state.reserve("k1", [("tokens_day", 0.0, 100, 60)], None)
+        >>> state.budget_used("k1", [("tokens_day", 0.0)])
+        {'tokens_day': (0, 60)}
+    """
+
+    blocking = False
+    persistent = False
+
+    def __init__(self, spend: Spend | None = None):
+        self._spend = spend
+        self._lock = threading.Lock()
+        self._accounts: dict[tuple[str, str, float], _Account] = {}
+        self._holds: dict[str, _Hold] = {}
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._cache = _Cache()
+
+    # -- budgets ------------------------------------------------------------------------------------------------
+    def _start_of(self, key_id: str, budget: str, start: float) -> int:
+        """What a window seen for the first time has spent already: the ledger's sum since its start."""
+        unit = budget_unit(budget)
+        if self._spend is None:
+            return 0
+        nusd, tokens = self._spend(key_id, start)
+        return nusd if unit == "usd" else tokens
+
+    def _account(self, key_id: str, budget: str, start: float) -> _Account:
+        acc = self._accounts.get((key_id, budget, start))
+        if acc is None:
+            acc = self._accounts[(key_id, budget, start)] = _Account(self._start_of(key_id, budget, start))
+        return acc
+
+    def reserve(self, key_id: str, items: list[BudgetAsk], hold: Hold | None) -> None:
+        with self._lock:
+            plan = []
+            for budget, start, limit, asked in items:
+                acc = self._account(key_id, budget, start)
+                if acc.settled + acc.reserved + asked > limit:
+                    raise BudgetRefused(budget, start, limit, acc.settled, acc.reserved, asked)
+                plan.append((acc, asked))
+            for acc, asked in plan:
+                acc.reserved += asked
+            if hold is not None:
+                self._holds[hold.hold_id] = _Hold(key_id, [(b, s, a) for b, s, _, a in items], hold.expires_at)
+
+    def settle(self, key_id: str, items: list[BudgetCharge], hold_id: str | None) -> None:
+        with self._lock:
+            reclaimed = False
+            if hold_id is not None:
+                hold = self._holds.pop(hold_id, None)
+                if hold is None:  # settled already
+                    return
+                reclaimed = hold.reclaimed
+            for budget, start, reserved, charged in items:
+                acc = self._account(key_id, budget, start)
+                acc.reserved = max(acc.reserved - (0 if reclaimed else reserved), 0)
+                acc.settled += charged
+
+    def reclaim(self, now: float) -> int:
+        with self._lock:
+            n = 0
+            for hold_id, hold in list(self._holds.items()):
+                if hold.reclaimed:
+                    if hold.expires_at < now - RECLAIMED_HOLD_KEEP_S:
+                        del self._holds[hold_id]
+                elif hold.expires_at < now:
+                    hold.reclaimed = True
+                    n += 1
+                    for budget, start, amount in hold.items:
+                        acc = self._accounts.get((hold.key_id, budget, start))
+                        if acc is not None:
+                            acc.reserved = max(acc.reserved - amount, 0)
+            return n
+
+    def reclaim_orphans(self) -> int:
+        """Nothing to do: every hold here belongs to this process, which is alive."""
+        return 0
+
+    def budget_used(self, key_id: str, windows: list[tuple[str, float]]) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            out = {}
+            for budget, start in windows:
+                acc = self._accounts.get((key_id, budget, start))
+                out[budget] = (acc.settled, acc.reserved) if acc else (self._start_of(key_id, budget, start), 0)
+            return out
+
+    # -- rate limits --------------------------------------------------------------------------------------------
+    def rate_hit(self, key_id: str, items: list[RateAsk], window_s: float, now: float) -> list[RateResult]:
+        start = math.floor(now / window_s) * window_s
+        with self._lock:
+            results, windows = [], []
+            for name, quota, cost in items:
+                w = self._windows.get((key_id, name))
+                if w is None:
+                    w = self._windows[(key_id, name)] = _Window(start)
+                elif w.start != start:  # a new window: the current count becomes the previous one, if adjacent
+                    w.prev, w.curr = (w.curr if start - w.start == window_s else 0), 0
+                    w.start = start
+                results.append(sliding_window(w.prev, w.curr, start, window_s, now, quota, cost))
+                windows.append(w)
+            if all(allowed for allowed, _, _ in results):
+                for w, (_, _, cost) in zip(windows, items, strict=True):
+                    w.curr += cost
+            return results
+
+    # -- response cache -----------------------------------------------------------------------------------------
+    def cache_get(self, key: str, now: float) -> tuple[bytes, int] | None:
+        with self._lock:
+            entry = self._cache.entries.get(key)
+            if entry is None:
+                return None
+            if entry.expires_at <= now:
+                self._cache.size -= len(self._cache.entries.pop(key).body)
+                return None
+            return entry.body, entry.cost_nusd
+
+    def cache_put(self, key: str, body: bytes, cost_nusd: int, expires_at: float, now: float,
+                  max_bytes: int) -> None:
+        # Not cachetools: the bound and the expiry come with each call (the SQL table's contract), and the
+        # oldest entry goes first, as in the table, where an LRU would keep what is read.
+        with self._lock:
+            cache = self._cache
+            old = cache.entries.pop(key, None)
+            if old is not None:
+                cache.size -= len(old.body)
+            cache.entries[key] = _Entry(body, cost_nusd, expires_at)
+            cache.size += len(body)
+            # Entries come in expiry order when every one lives as long (one ResponseCache's ttl_s): expiring
+            # from the front is then exact, at O(1) a put. One that expires out of order is never served (see
+            # cache_get) and goes when it reaches the front or is read.
+            while cache.entries:
+                first = next(iter(cache.entries.values()))
+                if first.expires_at > now:
+                    break
+                cache.size -= len(cache.entries.popitem(last=False)[1].body)
+            while cache.size > max_bytes:
+                cache.size -= len(cache.entries.popitem(last=False)[1].body)

@@ -22,10 +22,19 @@ class FinOpsConfig(BaseModel):
     routes: list[str] = Field(default_factory=list, description="NAME=auto:FLOOR=VALUE[,...]: a model name that "
                                                                 "resolves to the cheapest good-enough variant")
     alert_webhook: str | None = Field(None, description="POST spend and budget alerts (JSON) to this URL")
-    rate_limit_storage: str = Field("memory://", description="the limits library's storage URI for RPM/TPM")
+    cache_store_text: bool = Field(False, description="with shared state, also keep answers that contain "
+                                                      "generated text in the store's cache (off: only "
+                                                      "embeddings are cached there; no prompt or completion "
+                                                      "text is written to disk unless an operator opts in)")
+    metrics_auth: Literal["open", "admin"] = Field("open", description="open: /metrics answers without a key "
+                                                                      "(bind the server where only your "
+                                                                      "scraper reaches it); admin: it needs "
+                                                                      "an admin key, as /v1/usage does")
     max_metric_teams: int = Field(100, ge=1, description="distinct team labels in Prometheus; more: 'other'")
-    shared_state: bool = Field(False, description="budgets, rate limits and the cache index go through the store "
-                                                  "(several replicas)")
+    shared_state: bool = Field(False, description="budgets, rate limits and the cache go through the store, "
+                                                  "so several servers share them; without it a server takes "
+                                                  "the store for itself, and a second server on the same "
+                                                  "store is refused")
 
     @property
     def enabled(self) -> bool:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pydantic import ConfigDict, Field, ValidationError
 
 from ..errors import LeaninferError
-from ..pipeline import split_step_text
 from ..quality import Floors
+from ..spec_text import split_step_text
+from .variant import Variant
 
 PERFECT = {"mean_cosine_to_reference": 1.0, "sts_drop_pts": 0.0, "perplexity_increase_pct": 0.0,
            "top1_agreement": 1.0}  # the source model against itself
@@ -66,3 +67,51 @@ def parse_route(text: str) -> Route:
     if not any(getattr(config, f) is not None for f in Floors.model_fields):
         raise LeaninferError(f"--route {text!r} sets no quality floor: name one of {', '.join(Floors.model_fields)}")
     return Route(name.strip(), config)
+
+
+class Router:
+    """Which variants may answer a requested name, best first: a served name is itself; a route is its
+    qualifying variants (floors checked once, at start: manifests don't change), cheapest first by measured
+    tariff, those whose queue meets the route's SLO ahead of those whose queue doesn't.
+
+    Example:
+        >>> router = Router(variants, ["embed=auto:max_sts_drop=0.5"])      # doctest: +SKIP
+        >>> router.candidates("embed")                                      # doctest: +SKIP
+        (['minilm-int8', 'minilm'], 'embed')
+    """
+
+    def __init__(self, variants: dict[str, Variant], routes: list[str]):
+        self.variants = variants
+        self.routes: dict[str, tuple[Route, list[str]]] = {}
+        for text in routes:
+            route = parse_route(text)
+            if route.name in variants:
+                raise LeaninferError(f"--route {text!r}: {route.name!r} is already a served model's name")
+            self.routes[route.name] = (route, self._qualifying(route))
+
+    def _qualifying(self, route: Route) -> list[str]:
+        task = "embedding" if route.config.min_cosine is not None or route.config.max_sts_drop is not None \
+            else "causal-lm"
+        of_task = [v for v in self.variants.values() if v.task == task]
+        sources = {v.source for v in of_task}
+        if len(sources) > 1:
+            raise LeaninferError(f"--route {route.name}: served {task} models come from several sources "
+                                 f"({', '.join(sorted(sources))}); a route picks among variants of one model")
+        good = [v.name for v in of_task if route.qualifies(PERFECT if v.quality is None else v.quality)]
+        if not good:
+            raise LeaninferError(f"--route {route.name}: no served {task} variant meets its floors (measured "
+                                 f"quality: {', '.join(f'{v.name}={v.quality}' for v in of_task) or 'none'})")
+        return good
+
+    def candidates(self, name: str) -> tuple[list[Variant], str]:
+        """The variants to try for ``name``, best first ([] for an unknown name), and the route's name ("" for
+        a served name)."""
+        if name not in self.routes:
+            v = self.variants.get(name)
+            return ([v] if v is not None else []), ""
+        route, names = self.routes[name]
+        ranked = sorted((self.variants[n] for n in names), key=lambda v: v.tariff.rank_key())
+        slo_s = route.config.max_queue_ms / 1000
+        fits = [v for v in ranked if v.tariff.request_busy_s * v.pending() <= slo_s]
+        # over the SLO everywhere: still try them, cheapest first (the queue's own bound answers 503)
+        return fits + [v for v in ranked if v not in fits], name

@@ -3,8 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
+
+from .tariff import Tariff
+
+
+@dataclass
+class Variant:
+    """A served model as the gate sees it: no engine, no HTTP; ``pending`` reads its engine's queue (routing's
+    queue SLO)."""
+
+    name: str
+    task: str  # "embedding" | "causal-lm"
+    hash: str
+    tariff: Tariff
+    quality: dict | None  # measured against the source; None for the source itself
+    source: str
+    fp32_source: bool  # the source served as is, in FP32: the counterfactual's price
+    pending: Callable[[], int]
+
+    @classmethod
+    def of(cls, name: str, model, tariff: Tariff, pending: Callable[[], int]) -> Variant:
+        """The variant serving ``model`` (a loaded :class:`~leaninfer.models.Model`) as ``name``."""
+        quality = measured_quality(model)
+        return cls(name, model.task, variant_hash(model), tariff, quality, source_ref(model),
+                   quality is None and model.precision == "fp32", pending)
 
 
 def variant_hash(model) -> str:

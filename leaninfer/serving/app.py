@@ -11,11 +11,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..engines.errors import Overloaded, Unavailable
+from ..engines.metrics import ServerMetrics
+from ..finops.gate import HOLD_MARGIN_S, Gate
 from ..models import Model
+from .calibration import calibrate, variants_of
 from .drain import InFlight
+from .errors import outcome_of
 from .fast_path import ServingApp, error_response, unexpected_response
-from .governance import Governance
-from .metrics import ServerMetrics
 from .protocol import OpenAIError
 from .routes import install_openapi, router
 from .state import ServedModel, ServerConfig, build_models
@@ -28,15 +31,16 @@ async def lifespan(app: FastAPI):
     served = app.state.served.values()
     for s in served:
         s.engine.start()
-    if app.state.finops is not None:
-        await app.state.finops.start()
+    gate = app.state.gate
+    await gate.start()
+    if gate.governed:
+        await calibrate(gate, app.state.served)
     try:
         yield
     finally:  # SIGTERM: uvicorn stops accepting and waits for open requests; then the engines drain
         app.state.draining = True
         await asyncio.gather(*(asyncio.to_thread(s.engine.stop, app.state.config.drain_timeout_s) for s in served))
-        if app.state.finops is not None:  # after the drain: the last requests' rows are written first
-            await app.state.finops.stop()
+        await gate.stop()  # after the drain: the last requests' rows are written first
 
 
 async def _openai_error(request: Request, exc: OpenAIError):
@@ -70,8 +74,12 @@ def create_app(models: dict[str, Model], config: ServerConfig | None = None) -> 
                      description="OpenAI-compatible serving of leaninfer models, with batching and metering.")
     app.state.config, app.state.metrics, app.state.draining, app.state.in_flight = config, metrics, False, 0
     app.state.served = {s.name: s for s in build_models(models, config, metrics)}
-    app.state.finops = Governance(config.finops, app.state.served, config.usd_per_hour, metrics.registry) \
-        if config.finops.enabled else None
+    # A reservation's hold outlives any request (its timeout, then the drain): a server that dies holding it
+    # has it released by the next server that starts on the store, or by any replica once it expires.
+    app.state.gate = Gate(config.finops, variants_of(app.state.served, config.usd_per_hour),
+                          metrics.registry if config.finops.enabled else None,
+                          hold_s=config.request_timeout_s + config.drain_timeout_s + HOLD_MARGIN_S,
+                          fallback_on=(Overloaded, Unavailable), outcome=outcome_of)
     app.add_exception_handler(OpenAIError, _openai_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -9,13 +9,15 @@ outside what they can compute (docs/serving.md lists what is served).
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import core_schema
 
 MAX_STOP = 4
-# No model has a context near this; bounding it keeps the arithmetic of admission in machine integers.
+# No model has a context (or an embedding) near this; bounding max_tokens and dimensions keeps the arithmetic
+# of admission and the cache key in machine integers.
 MAX_TOKENS = 2**31 - 1
 MAX_LOGIT_BIAS = 1024
 SEED_MIN, SEED_END = -(2**63), 2**64  # what numpy's generators take, once wrapped into 64 bits
@@ -103,22 +105,49 @@ class _served_only:
         return {"enum": list(self.served), "description": f"only these values: leaninfer serves no {self.what}"}
 
 
+# Client strings that reach the ledger and metric labels (``model``, ``user``; the workflow and tags headers in
+# labels.py) are bounded and carry no control character: NUL (PostgreSQL TEXT can't hold it, and one row once
+# failed a whole group commit of other tenants' rows), C0, DEL or C1 (escapes reach an admin's terminal).
+MAX_NAME = 256
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # the same rule, as the published schema's pattern
+
+
+def control_char(text: str) -> str | None:
+    """Why ``text`` is refused as a label (its first control character and where), or None when it is clean."""
+    bad = CONTROL.search(text)
+    if bad is None:
+        return None
+    return (f"contains the control character {bad.group()!r} at position {bad.start()}; only printable "
+            "characters are allowed")
+
+
+def _printable(v):
+    if isinstance(v, str) and (why := control_char(v)) is not None:
+        raise ValueError(why)
+    return v
+
+
 class _Req(BaseModel):
     # strict: a value is the JSON type the schema says ("seed": false or "max_tokens": "5" are refused, as
-    # a schema-driven client expects). allow_inf_nan: a NaN would pass no range check honestly.
+    # a schema-driven client expects). allow_inf_nan: a NaN would pass no range check honestly. Extra fields
+    # are allowed (clients send fields of newer API versions) and ignored: nothing downstream reads them, the
+    # response cache's key included (answer_params).
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
-    model: str = Field(..., min_length=1, max_length=512)
-    user: str | None = None
+    model: str = Field(..., min_length=1, max_length=MAX_NAME, json_schema_extra={"pattern": PRINTABLE})
+    user: str | None = Field(None, max_length=MAX_NAME, json_schema_extra={"pattern": PRINTABLE},
+                             description="who the request is for (the ledger's workflow when no header names one)")
 
     _unicode_names = field_validator("model", "user", mode="before")(_check_unicode)
+    _printable_names = field_validator("model", "user")(_printable)
 
 
 class EmbeddingRequest(_Req):
     input: str | list[str] | list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]] = Field(
         ..., description="a string, a list of strings, or token ids (a list of ints or a list of such lists)")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=MAX_TOKENS)
 
     _unicode_input = field_validator("input", mode="before")(_check_unicode)
 
@@ -211,6 +240,47 @@ class ChatCompletionRequest(_GenReq):
     modalities: Annotated[list[str] | None, _served_only(None, ["text"], what="output but text")] = None
     audio: Annotated[dict[str, Any] | None, _served_only(None, what="audio output")] = None
     prediction: Annotated[dict[str, Any] | None, _served_only(None, what="predicted outputs")] = None
+
+
+_GEN_ANSWER = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "ignore_eos")
+_FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+def answer_params(req: _Req) -> dict:
+    """The validated parameters that change a request's answer, normalised: what the response cache keys on.
+
+    Never extra fields (a client may send anything there, ``2**70`` or a nested object), nor who asks
+    (``model``, ``user``) or how the answer is delivered (``stream``, ``stream_options``). Values are
+    normalised: None is dropped, numbers of float fields are floats, ``logit_bias`` has int keys in order, a
+    chat's ``max_completion_tokens`` and ``max_tokens`` are the one limit that applies, and a one-prompt list is
+    its prompt. ``logit_bias`` keys that name one token (``"00"`` and ``"0"``) are one entry: the last one given
+    wins, as with a JSON object's duplicate keys. Everything in the result is JSON: str, bool, int (64-bit at
+    most, except token ids, which the vocabulary check bounds before the cache is asked), float, lists, and
+    dicts with int or str keys.
+
+    Example:
+        >>> answer_params(EmbeddingRequest(model="m", input="hi", extra=2**70))
+        {'input': 'hi', 'encoding_format': 'float'}
+        >>> answer_params(CompletionRequest(model="m", prompt=[[0]], seed=1, logit_bias={"00": 1, "0": 0.5}))["logit_bias"]
+        {0: 0.5}
+    """
+    if isinstance(req, EmbeddingRequest):
+        out = {"input": req.input, "encoding_format": req.encoding_format, "dimensions": req.dimensions}
+        return {k: v for k, v in out.items() if v is not None}
+    out = {name: getattr(req, name) for name in _GEN_ANSWER}
+    out.update({name: float(getattr(req, name)) + 0.0 for name in _FLOATS})  # + 0.0: -0.0 is 0.0
+    bias = req.logit_bias or {}
+    out["logit_bias"] = {int(k): float(bias[k]) for k in sorted(bias, key=int)} or None
+    out["stop"] = list(req.stop or []) or None
+    if isinstance(req, ChatCompletionRequest):
+        out["messages"] = [[m.role, m.text()] for m in req.messages]
+        out["max_tokens"] = req.max_completion_tokens or req.max_tokens
+    else:
+        prompt = req.prompt
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # one prompt in a list is that prompt (several are refused)
+        out["prompt"], out["echo"], out["max_tokens"] = prompt, req.echo, req.max_tokens
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def validation_message(exc) -> tuple[str, str | None]:

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..engines.engine import BatchingConfig, EmbeddingEngine, GenerationEngine
+from ..engines.metrics import ServerMetrics
 from ..finops.config import FinOpsConfig
 from ..models import Model
-from .engine import BatchingConfig, EmbeddingEngine, GenerationEngine
-from .metrics import ServerMetrics
 
 
 class ServerConfig(BaseModel):
@@ -62,6 +62,7 @@ class ServedModel:
     engine: EmbeddingEngine | GenerationEngine
     created: int
     info: dict = field(default_factory=dict)  # Model.describe(), taken once: it may count parameters
+    embedding_dim: int | None = None  # an embedding model's vector size, measured at start-up
 
     @property
     def task(self) -> str:

@@ -10,9 +10,9 @@ import pytest
 
 from leaninfer.finops.config import FinOpsConfig
 from leaninfer.finops.keys import KeyPolicy, KeyRecord, new_key
-from leaninfer.finops.stores import open_store
+from leaninfer.finops.store import open_store
 from leaninfer.serving.app import ServerConfig, create_app
-from leaninfer.serving.engine import BatchingConfig
+from leaninfer.engines.engine import BatchingConfig
 
 USD_PER_HOUR = 3600.0  # $1 per engine-second: costs of tiny requests stay far above a nano-dollar
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from leaninfer.finops.alerts import PrometheusSink
 from leaninfer.finops.metrics import FinOpsMetrics
-from leaninfer.serving.metrics import ServerMetrics
+from leaninfer.engines.metrics import ServerMetrics
 
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "leaninfer-alerts.yml"
 

@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from leaninfer.finops.money import to_nano
-from leaninfer.finops.stores import open_store
-from leaninfer.serving.launch import start_server
+from leaninfer.finops.store import open_store
+from leaninfer.benchmarks.load.launch import start_server
 
 from .conftest import bearer, make_key
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # kill -9 of a server process under load
 
 
 def test_kill_9_under_load_loses_no_answered_request(tmp_path):

@@ -6,6 +6,8 @@ import pytest
 
 from ..notebooks import run_notebook
 
+pytestmark = pytest.mark.slow  # a notebook
+
 
 @pytest.mark.timeout(600)
 def test_finops_notebook_runs():

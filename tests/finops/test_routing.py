@@ -11,7 +11,7 @@ import leaninfer
 from leaninfer.errors import LeaninferError
 from leaninfer.finops.config import FinOpsConfig
 from leaninfer.finops.routing import parse_route
-from leaninfer.finops.stores import open_store
+from leaninfer.finops.store import open_store
 from leaninfer.serving.app import ServerConfig, create_app
 
 from .conftest import finops_client
@@ -33,7 +33,7 @@ def int8_minilm(tmp_path_factory, minilm):
 def _make_int8_cheaper(client):
     # Ranking follows each variant's measured seconds per token; pin them so this test doesn't depend on
     # which variant this CPU runs faster (the benchmarks measure that).
-    v = client.app.state.finops.variants
+    v = client.app.state.gate.variants
     v["minilm"].tariff.typical_input_s, v["minilm-int8"].tariff.typical_input_s = 1.0, 0.1
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from leaninfer.serving.app import ServerConfig, create_app
-from leaninfer.serving.engine import BatchingConfig
+from leaninfer.engines.engine import BatchingConfig
 
 
 @contextlib.asynccontextmanager

@@ -13,11 +13,13 @@ import threading
 import httpx
 import pytest
 
-from leaninfer.serving import routes
+from leaninfer.serving import embeddings as routes
+from leaninfer.serving import generation
 from leaninfer.serving.app import ServerConfig, create_app
-from leaninfer.serving.engine import BatchingConfig, EmbeddingEngine
-from leaninfer.serving.metrics import ServerMetrics
-from leaninfer.serving.protocol import OpenAIError
+from leaninfer.engines.engine import BatchingConfig, EmbeddingEngine
+from leaninfer.engines.metrics import ServerMetrics
+from leaninfer.engines.errors import Overloaded
+from leaninfer.serving.errors import to_openai
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,8 +80,9 @@ def test_big_requests_are_tokenized_and_encoded_off_the_event_loop(served, monke
 def test_size_limits_come_first_and_name_the_limit(served, monkeypatch, body, status, code, named):
     def never(*a):
         raise AssertionError("tokenized a request over the size limits")
-    for fn in ("embed_tokens", "completion_prompt", "chat_prompt"):
-        monkeypatch.setattr(routes, fn, never)
+    monkeypatch.setattr(routes, "embed_tokens", never)
+    for fn in ("completion_prompt", "chat_prompt"):
+        monkeypatch.setattr(generation, fn, never)
     path = {"input": "/v1/embeddings", "prompt": "/v1/completions", "messages": "/v1/chat/completions"}
 
     async def main():
@@ -97,9 +100,10 @@ def test_embeddings_queue_is_bounded_in_tokens(minilm):
     async def main():
         alone = asyncio.ensure_future(engine.embed([[1] * 30]))  # over the bound, but nothing waits: taken
         await asyncio.sleep(0)
-        with pytest.raises(OpenAIError) as e:
+        with pytest.raises(Overloaded) as e:  # typed in the engine; serving answers it as a 503
             await engine.embed([[1] * 2])
-        assert e.value.status == 503 and e.value.headers["Retry-After"] and "--max-queue-tokens" in e.value.message
+        answer = to_openai(e.value)
+        assert answer.status == 503 and answer.headers["Retry-After"] and "--max-queue-tokens" in answer.message
         alone.cancel()  # a cancelled request leaves the queue: its tokens no longer count
         await asyncio.gather(alone, return_exceptions=True)
         assert engine.queue.tokens == 0

@@ -9,8 +9,8 @@ import logging
 import httpx
 import pytest
 
-from leaninfer.serving import engine as engine_module
-from leaninfer.serving import routes
+from leaninfer.engines import engine as engine_module
+from leaninfer.serving import embeddings, routes
 from leaninfer.serving.app import ServerConfig, create_app
 
 from .conftest import app_client
@@ -92,7 +92,7 @@ def test_unexpected_errors_are_logged_counted_500s(served, monkeypatch, caplog):
 
     async def main():
         async with app_client(served) as c:
-            monkeypatch.setattr(routes, "lookup", bug)
+            monkeypatch.setattr(embeddings, "embed_tokens", bug)
             r = await c.post("/v1/embeddings", json={"model": "minilm", "input": "x"})
             assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
             m = (await c.get("/metrics")).text

@@ -6,6 +6,8 @@ import pytest
 
 from ..notebooks import run_notebook
 
+pytestmark = pytest.mark.slow  # a notebook
+
 
 @pytest.mark.timeout(180)
 def test_serving_notebook_runs():

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from leaninfer.cli import app as cli_app
 from leaninfer.finops.config import FinOpsConfig
 from leaninfer.finops.money import to_nano
-from leaninfer.finops.stores import open_store
-from leaninfer.serving.engine import BatchingConfig
+from leaninfer.finops.store import open_store
+from leaninfer.engines.engine import BatchingConfig
 from leaninfer.serving.ray_serve import (
     APP_NAME,
     PROXY_CALLBACK,
@@ -40,7 +40,7 @@ from leaninfer.serving.state import ServerConfig
 from ..finops.conftest import bearer, make_key
 from ..finops.store_fixtures import postgres_database
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # a Ray cluster and servers as processes
 BATCH = 2  # small, so that a burst overflows max_ongoing (= the batch) + max_queued
 MAX_QUEUED = 2
 

@@ -1,0 +1,74 @@
+"""The one place where typed errors of the layers below HTTP (the gate's refusals, the engines' errors) become
+OpenAI-style error responses: status, body and headers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from ..engines.errors import EngineError, EngineFailed, Overloaded, Unavailable
+from ..errors import LeaninferError
+from ..finops.budgets import BudgetExceeded
+from ..finops.rate_limits import RateLimited
+from ..finops.refusals import Refusal
+from ..finops.windows import WINDOW_SECONDS
+from .protocol import OpenAIError
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def _seconds_until(at: float) -> int:
+    return max(1, math.ceil(at - time.time()))
+
+
+def to_openai(exc: BaseException) -> OpenAIError | None:
+    """``exc`` as the OpenAI error a client gets, or None when it is not a typed error (a bug: a 500)."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, Refusal):
+        return OpenAIError(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
+    if isinstance(exc, RateLimited):
+        wait = _seconds_until(exc.reset_at)
+        return OpenAIError(429, exc.message(), type="rate_limit_exceeded", code=exc.limit, headers={
+            "Retry-After": str(wait), "RateLimit-Policy": f'"{exc.limit}";q={exc.quota};w=60',
+            "RateLimit": f'"{exc.limit}";r={exc.remaining};t={wait}'})
+    if isinstance(exc, BudgetExceeded):
+        return _budget_error(exc)
+    if isinstance(exc, Overloaded):
+        return OpenAIError(503, exc.message, type="server_overloaded", code=exc.code,
+                           headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, Unavailable):
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else {}
+        kind = "server_unavailable" if exc.code == "draining" else "server_error"
+        return OpenAIError(503, exc.message, type=kind, code=exc.code, headers=headers)
+    if isinstance(exc, (EngineFailed, EngineError)):
+        return OpenAIError(500, exc.message, type="server_error", code=exc.code)
+    if isinstance(exc, LeaninferError):  # a user's value the layers below refused (a timezone, a window)
+        return OpenAIError(400, str(exc), code="invalid_value")
+    if isinstance(exc, asyncio.CancelledError):
+        return None
+    return None
+
+
+def outcome_of(exc: BaseException) -> tuple[int, str]:
+    """``(status, error type)`` of a request that ended with ``exc``, as its ledger row records it."""
+    if isinstance(exc, asyncio.CancelledError):
+        return 499, "client_closed_request"
+    error = to_openai(exc)
+    return (error.status, error.type) if error is not None else (500, "server_error")
+
+
+def _budget_error(e: BudgetExceeded) -> OpenAIError:
+    """A 429 whose Retry-After says when retrying can succeed: when in-flight reservations free (a second or
+    so: requests settle as they finish) if they are what blocks, else when the budget's window starts afresh;
+    a lifetime budget spent has no Retry-After."""
+    window = e.budget.split("_", 1)[1]
+    headers = {"RateLimit-Policy": f'"{e.budget}";q={e.limit}'
+                                   + (f";w={WINDOW_SECONDS[window]}" if window in WINDOW_SECONDS else ""),
+               "RateLimit": f'"{e.budget}";r={max(0, e.limit - e.used)}'}
+    wait = 1 if e.in_flight_blocks else (_seconds_until(e.reset_at) if e.reset_at is not None else None)
+    if wait is not None:
+        headers["Retry-After"] = str(wait)
+        headers["RateLimit"] += f";t={wait}"
+    return OpenAIError(429, e.message(), type="budget_exceeded", code=e.budget, headers=headers)

@@ -1,0 +1,175 @@
+"""``POST /v1/completions`` and ``/v1/chat/completions``: read, admit at the gate, generate (whole or streamed),
+finish, answer. Every path that submitted a sequence ends it, and charges the engine time it spent.
+
+The endpoint functions carry no docstrings on purpose: FastAPI would publish them in ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from ..engines.core import SamplingParams
+from ..finops.gate import Admission, Plan
+from ..finops.variant import Variant
+from .disconnect import ReleasingStream, until_disconnect
+from .guard import OFFLOAD_CHARS, Ctx, close_soon, guarded, off_loop_if, read_body, sized
+from .openai_format import SSE_DONE, CompletionFormat, completion_usage, sse
+from .prompts import chat_prompt, completion_prompt, echo_text, logit_bias
+from .protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, answer_params
+from .request_size import messages_size, text_size
+from .state import ServedModel
+
+DEFAULT_CHAT_MAX_TOKENS = 256
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+async def completions(request: Request):
+    async def handler(ctx: Ctx):
+        return await _generate(request, ctx, CompletionRequest, chat=False)
+    return await guarded(request, "completions", handler)
+
+
+async def chat_completions(request: Request):
+    async def handler(ctx: Ctx):
+        return await _generate(request, ctx, ChatCompletionRequest, chat=True)
+    return await guarded(request, "chat.completions", handler)
+
+
+def _sampling(s: ServedModel, req, n_prompt: int, chat: bool) -> SamplingParams:
+    # The context check holds whatever the client omitted: a prompt that leaves no room for one token is
+    # refused before it reaches the engine (where prefill would fail on it).
+    limit = s.model.max_seq_length
+    if n_prompt >= limit:
+        what = "messages" if chat else "prompt"
+        raise OpenAIError(400, f"this model's maximum context length is {limit} tokens; the {what} have "
+                               f"{n_prompt}, leaving no room for a completion", param=what,
+                          code="context_length_exceeded")
+    name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+    asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    # an omitted max_tokens defaults to OpenAI's value, shrunk to the room the prompt leaves
+    max_tokens = asked or min(DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS, limit - n_prompt)
+    if n_prompt + max_tokens > limit:
+        raise OpenAIError(400, f"this model's maximum context length is {limit} tokens; the prompt has "
+                               f"{n_prompt} and {name} is {max_tokens}: at most {limit - n_prompt}", param=name,
+                          code="context_length_exceeded")
+    return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                          stop=list(req.stop or []), ignore_eos=req.ignore_eos,
+                          presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                          logit_bias=logit_bias(s, req.logit_bias))
+
+
+async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
+    state = request.app.state
+    gate = state.gate
+    req = None
+    big = False
+    prompt: list[int] = []
+    fmt: CompletionFormat | None = None
+
+    async def read():
+        nonlocal req, big
+        req = await read_body(request, schema)
+        size = messages_size(req.messages) if chat else text_size(req.prompt)
+        big = sized(request, size, "messages" if chat else "prompt") > OFFLOAD_CHARS
+        return req.model, req.user
+
+    async def plan(v: Variant) -> Plan:
+        nonlocal prompt, fmt
+        s = state.served[v.name]
+        ctx.model = s.name
+        prompt = await (off_loop_if(big, chat_prompt, s, req.messages) if chat
+                        else off_loop_if(big, completion_prompt, s, req.prompt))
+        # Everything that may refuse comes before submit: from submit on, every path must end the sequence.
+        fmt = CompletionFormat(s.name, chat, echo=echo_text(s, req.prompt, prompt) if getattr(req, "echo", 0)
+                               else "")
+        params = _sampling(s, req, len(prompt), chat)
+        # a stream is answered as it is generated: never from the cache
+        cacheable = None if req.stream else answer_params(req)
+        return Plan(len(prompt), params.max_tokens, cacheable, lambda: s.engine.submit(prompt, params))
+
+    adm = ctx.admission = await gate.admit(ctx.ask(request, "causal-lm"), read, plan)
+    if adm.hit is not None:
+        return JSONResponse(adm.hit)
+    s, handle, n_prompt = state.served[adm.variant.name], adm.work, len(prompt)
+    if req.stream:
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        return ReleasingStream(_stream(request, s, adm, fmt, include_usage, n_prompt),
+                               on_end=lambda outcome: _stream_ended(request, s, adm, ctx.endpoint, outcome,
+                                                                    n_prompt),
+                               media_type="text/event-stream",
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def collect():
+        parts, reason, error = [], None, None
+        async for ev in handle:
+            parts.append(ev.text)
+            if ev.finish_reason:
+                reason, error = ev.finish_reason, ev.error
+        if reason == "error":
+            raise OpenAIError(500, f"generation failed: {error}", type="server_error")
+        return "".join(parts), reason
+
+    try:
+        text, reason = await until_disconnect(request, collect())
+    finally:  # answered, hung up, timed out or failed: stop the sequence and charge the work it did
+        handle.cancel()
+        usage = _finish(request, s, adm, n_prompt)
+    ctx.body = fmt.response(text, reason, usage)
+    return JSONResponse(ctx.body)
+
+
+def _finish(request: Request, s: ServedModel, adm: Admission, n_prompt: int) -> dict:
+    """Record a generation's metrics and charge its engine time (once); return its ``usage``."""
+    handle = adm.work
+    meter = handle.meter()
+    n_out = len(handle.seq.output)
+    if not adm.metered:
+        request.app.state.metrics.observe_generation(s.name, n_prompt, handle.seq, meter)
+    return completion_usage(n_prompt, n_out, request.app.state.gate.finish(adm, meter, n_prompt, n_out))
+
+
+def _stream_ended(request: Request, s: ServedModel, adm: Admission, endpoint: str, outcome: str,
+                  n_prompt: int) -> None:
+    """A stream's response ended (see :class:`ReleasingStream`): free its slot, count a hang-up or a failure,
+    and charge and close it if it ended early."""
+    adm.work.cancel()  # a no-op once the sequence finished; otherwise it leaves the batch at the next step
+    if adm.closed:
+        return
+    metrics = request.app.state.metrics
+    if outcome == "cancelled":
+        metrics.cancelled.labels(s.name).inc()
+    elif outcome == "error":
+        metrics.server_errors.labels(endpoint, "500").inc()
+    _finish(request, s, adm, n_prompt)
+    status, kind = (499, "client_closed_request") if outcome == "cancelled" else (500, "server_error")
+    close_soon(request.app.state.gate, adm, status, kind)
+
+
+async def _stream(request: Request, s: ServedModel, adm: Admission, fmt: CompletionFormat, include_usage: bool,
+                  n_prompt: int):
+    """The SSE body. Its :class:`ReleasingStream` frees the slot and counts hang-ups, however it ends; the
+    ledger row of a complete stream is committed before its usage chunk and ``[DONE]`` leave."""
+    metrics = request.app.state.metrics
+    endpoint = "chat.completions" if fmt.chat else "completions"
+    status, error_type = 200, None
+    if fmt.chat or fmt.echo:
+        yield fmt.chunk(first=True)
+    async for ev in adm.work:
+        if ev.finish_reason == "error":
+            metrics.server_errors.labels(endpoint, "500").inc()  # the status line said 200; the error is a 5xx
+            status, error_type = 500, "server_error"
+            yield sse(OpenAIError(500, f"generation failed: {ev.error}", type="server_error").body())
+            break
+        if ev.text:
+            yield fmt.chunk(ev.text)
+        if ev.finish_reason:
+            yield fmt.chunk(None, ev.finish_reason)
+    usage = _finish(request, s, adm, n_prompt)
+    await request.app.state.gate.close(adm, status, error_type)
+    if include_usage:
+        yield fmt.usage_chunk(usage)
+    yield SSE_DONE
+    metrics.e2e.labels(s.name, endpoint).observe(time.perf_counter() - request.state.arrived_at)

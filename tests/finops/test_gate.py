@@ -1,0 +1,160 @@
+"""The gate on the request path: each hole an adversarial pass found, closed, with the request's own evidence
+(status, headers, the ledger row, what the engine did)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+
+from leaninfer.errors import LeaninferError
+from leaninfer.finops.config import FinOpsConfig
+from leaninfer.finops.gate import HOLD_MARGIN_S, KEY_CACHE_ENTRIES
+from leaninfer.finops.store import open_store
+from leaninfer.serving.app import ServerConfig, create_app
+
+from .conftest import bearer, finops_client, make_key
+
+EMBED = {"model": "minilm", "input": "a cat sat on the mat"}
+
+
+def _rows(store: str):
+    s = open_store(store)
+    try:
+        return s.rows()
+    finally:
+        s.close()
+
+
+def test_a_wrong_dimensions_is_refused_before_the_engine_runs(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key = make_key(store, team="t", budget_usd_day=1000.0)
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store) as c:
+            eng = c.app.state.served["minilm"].engine
+            calls = []
+            submit = eng.submit
+            eng.submit = lambda tokens: (calls.append(tokens), submit(tokens))[1]
+            r = await c.post("/v1/embeddings", json={**EMBED, "dimensions": 7}, headers=bearer(key))
+            return r, calls
+
+    r, calls = asyncio.run(go())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions" and "384" in r.text
+    assert calls == []  # never reached the engine
+    row = next(x for x in _rows(store) if x.status == 400)
+    assert row.cost_nusd == 0 and row.busy_s == 0.0
+
+
+def test_rpm_counts_refused_requests_too(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key = make_key(store, team="t", rpm=3)
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store) as c:
+            unknown = [await c.post("/v1/embeddings", json={**EMBED, "model": "nope"}, headers=bearer(key))
+                       for _ in range(3)]
+            return unknown, await c.post("/v1/embeddings", json=EMBED, headers=bearer(key))
+
+    unknown, valid = asyncio.run(go())
+    assert [r.status_code for r in unknown] == [404] * 3
+    assert valid.status_code == 429 and valid.json()["error"]["code"] == "rpm"
+
+
+def test_errors_carry_the_request_id_of_their_ledger_row(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key = make_key(store, team="t")
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store) as c:
+            return (await c.post("/v1/embeddings", json={**EMBED, "model": "nope"}, headers=bearer(key)),
+                    await c.post("/v1/embeddings", json=EMBED),
+                    await c.post("/v1/embeddings", json=EMBED, headers=bearer(key)))
+
+    missing, no_key, ok = asyncio.run(go())
+    rows = {r.request_id: r for r in _rows(store)}
+    assert missing.status_code == 404 and rows[missing.headers["x-request-id"]].status == 404
+    assert no_key.status_code == 401 and no_key.headers["x-request-id"].startswith("req-")
+    assert ok.headers["x-request-id"] == ok.json()["usage"]["leaninfer"]["request_id"]
+
+
+def test_unknown_key_ids_are_cached_in_a_bounded_table(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    make_key(store, team="t")
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store) as c:
+            gate = c.app.state.gate
+            for _ in range(3 * KEY_CACHE_ENTRIES // 2):
+                assert await gate.authenticate(f"lk_{secrets.token_hex(6)}.{'x' * 40}") is None
+            return len(gate._keys)
+
+    assert asyncio.run(go()) <= KEY_CACHE_ENTRIES
+
+
+def test_reservations_are_held_for_the_request_and_drain_timeouts_not_an_hour(served, tmp_path):
+    cfg = ServerConfig(request_timeout_s=30.0, drain_timeout_s=5.0,
+                       finops=FinOpsConfig(auth="keys", store=str(tmp_path / "l.db")))
+    app = create_app(served, cfg)
+    assert app.state.gate.book.hold_s == 30.0 + 5.0 + HOLD_MARGIN_S
+
+
+def test_a_second_server_without_shared_state_is_refused(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    first = create_app(served, ServerConfig(finops=FinOpsConfig(auth="keys", store=store)))
+    second = create_app(served, ServerConfig(finops=FinOpsConfig(auth="keys", store=store)))
+    shared = create_app(served, ServerConfig(finops=FinOpsConfig(auth="keys", store=store, shared_state=True)))
+    first.state.gate.claim()
+    try:
+        for other in (second, shared):
+            with pytest.raises(LeaninferError, match="shared-state"):
+                other.state.gate.claim()
+    finally:
+        first.state.gate._release()
+    second.state.gate.claim()  # the store is free again once the first let go
+    second.state.gate._release()
+
+
+def test_keyed_servers_answer_models_only_with_a_key_and_metrics_as_configured(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key, admin = make_key(store, team="t"), make_key(store, team="ops", admin=True)
+
+    async def go(metrics_auth):
+        async with finops_client(served, auth="keys", store=store, metrics_auth=metrics_auth) as c:
+            return [(await c.get(path, headers=h)).status_code for path, h in [
+                ("/v1/models", {}), ("/v1/models", bearer(key)), ("/v1/models/minilm", {}), ("/metrics", {}),
+                ("/metrics", bearer(key)), ("/metrics", bearer(admin)), ("/health", {})]]
+
+    assert asyncio.run(go("open")) == [401, 200, 401, 200, 200, 200, 200]
+    assert asyncio.run(go("admin")) == [401, 200, 401, 401, 403, 200, 200]
+
+
+def test_a_bad_timezone_in_usage_is_a_400(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    admin = make_key(store, team="ops", admin=True)
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store) as c:
+            return [await c.get("/v1/usage", params={"tz": tz}, headers=bearer(admin))
+                    for tz in ("x" * 300, "../../etc/passwd", "Europe/Nowhere")]
+
+    for r in asyncio.run(go()):
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_value", r.text
+
+
+def test_the_shared_cache_keeps_no_generated_text_unless_asked(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key = make_key(store, team="t")
+    body = {"model": "tiny-gpt2", "prompt": "the cat", "max_tokens": 4, "temperature": 0}
+
+    async def go(keep_text):
+        async with finops_client(served, auth="keys", store=store, shared_state=True, cache_max_bytes=1 << 20,
+                                 cache_store_text=keep_text) as c:
+            await c.post("/v1/completions", json=body, headers=bearer(key))
+            again = await c.post("/v1/completions", json=body, headers=bearer(key))
+            emb = [await c.post("/v1/embeddings", json=EMBED, headers=bearer(key)) for _ in range(2)]
+            return again.json()["usage"]["leaninfer"]["cached"], emb[1].json()["usage"]["leaninfer"]["cached"]
+
+    assert asyncio.run(go(False)) == (False, True)  # embeddings shared; completions not written to disk
+    assert asyncio.run(go(True)) == (True, True)

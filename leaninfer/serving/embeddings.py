@@ -26,6 +26,7 @@ async def embeddings(request: Request):
 
         async def read():
             nonlocal req, big
+            ctx.check_labels()
             req = await read_body(request, EmbeddingRequest)
             big = sized(request, text_size(req.input), "input") > OFFLOAD_CHARS
             return req.model, req.user

@@ -71,6 +71,7 @@ async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
 
     async def read():
         nonlocal req, big
+        ctx.check_labels()
         req = await read_body(request, schema)
         size = messages_size(req.messages) if chat else text_size(req.prompt)
         big = sized(request, size, "messages" if chat else "prompt") > OFFLOAD_CHARS

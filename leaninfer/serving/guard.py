@@ -21,13 +21,11 @@ from starlette.requests import ClientDisconnect
 
 from ..finops.gate import Admission, Ask, next_request_id
 from .errors import REQUEST_ID_HEADER, outcome_of, to_openai
-from .labels import parse_tags, workflow_label
+from .labels import TAGS_HEADER, WORKFLOW_HEADER, parse_tags, workflow_label
 from .protocol import OpenAIError, parse_json, validation_message
 from .request_size import check_size
 
 log = logging.getLogger("leaninfer.serving")
-WORKFLOW_HEADER = "x-leaninfer-workflow"
-TAGS_HEADER = "x-leaninfer-tags"
 
 # Below these sizes tokenizing or encoding takes well under a millisecond, less than a hop to a worker thread
 # costs; above, it runs in asyncio's thread pool so that the loop keeps answering (/health included) while a
@@ -89,12 +87,23 @@ class Ctx:
     model: str = "-"
     admission: Admission | None = None
     body: dict | None = None
+    label_error: OpenAIError | None = None
 
     def ask(self, request: Request, task: str) -> Ask:
-        """The gate's view of this request; its labels are checked here, at the edge (a 400 names them)."""
+        """The gate's view of this request. Its labels are checked here, at the edge; a bad one is raised by
+        :meth:`check_labels` from the handler's ``read``, after the key is known (so the refusal is counted
+        against the key's rpm and recorded like any other 400)."""
         headers = request.headers
-        return Ask(self.endpoint, task, bearer(request), workflow_label(headers.get(WORKFLOW_HEADER, "")),
-                   parse_tags(headers.get(TAGS_HEADER, "")), self.request_id)
+        try:
+            workflow = workflow_label(headers.get(WORKFLOW_HEADER, ""))
+            tags = parse_tags(headers.get(TAGS_HEADER, ""))
+        except OpenAIError as e:
+            self.label_error, workflow, tags = e, "", {}
+        return Ask(self.endpoint, task, bearer(request), workflow, tags, self.request_id)
+
+    def check_labels(self) -> None:
+        if self.label_error is not None:
+            raise self.label_error
 
 
 _closing: set[asyncio.Task] = set()  # closes started from synchronous code, held until done

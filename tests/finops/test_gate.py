@@ -158,3 +158,20 @@ def test_the_shared_cache_keeps_no_generated_text_unless_asked(served, tmp_path)
 
     assert asyncio.run(go(False)) == (False, True)  # embeddings shared; completions not written to disk
     assert asyncio.run(go(True)) == (True, True)
+
+
+def test_a_bad_label_header_is_a_recorded_400_counted_against_rpm(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key = make_key(store, team="t", rpm=2)
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store) as c:
+            bad = await c.post("/v1/embeddings", json=EMBED, headers=bearer(key, **{"X-Leaninfer-Workflow": "a\x7fb"}))
+            ok = await c.post("/v1/embeddings", json=EMBED, headers=bearer(key))
+            return bad, ok, await c.post("/v1/embeddings", json=EMBED, headers=bearer(key))
+
+    bad, ok, over = asyncio.run(go())
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Leaninfer-Workflow"
+    assert ok.status_code == 200 and over.status_code == 429  # the refused request counted
+    row = next(r for r in _rows(store) if r.request_id == bad.headers["x-request-id"])
+    assert row.status == 400 and row.workflow == ""

@@ -25,11 +25,12 @@ PATH = {"chat": "/v1/chat/completions", "comp": "/v1/completions", "emb": "/v1/e
 BASE = {"chat": CHAT, "comp": COMP, "emb": EMB}
 
 
-def post(served, endpoint: str, body: dict | bytes):
+def post(served, endpoint: str, body: dict | bytes, headers: dict | None = None):
     async def main():
         async with app_client(served) as c:
             raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-            return await c.post(PATH[endpoint], content=raw, headers={"content-type": "application/json"})
+            return await c.post(PATH[endpoint], content=raw,
+                                headers={"content-type": "application/json", **(headers or {})})
     return asyncio.run(main())
 
 
@@ -59,6 +60,7 @@ RANGES = [  # (endpoint, field, bad value, what the message says is valid)
     ("comp", "seed", "7", "integer"),  # strict JSON types: a string is not a number
     ("chat", "max_tokens", True, "integer"),
     ("emb", "dimensions", 0, "1"),
+    ("emb", "dimensions", 10**40, "2147483647"),
 ]
 
 
@@ -86,6 +88,48 @@ def test_token_ids_outside_the_smaller_vocabulary_are_refused(served, tiny_gpt2)
     refused(post(served, "comp", {**COMP, "logit_bias": {str(vocab): 5}}), "logit_bias")
     refused(post(served, "emb", {**EMB, "input": [[1, 2], [10**9]]}), "input")
     refused(post(served, "emb", {**EMB, "input": [3, -2]}), "input")
+
+
+LABELS = [  # (endpoint, field, value, what the message says): strings that reach the ledger and metric labels
+    ("emb", "model", "minilm\x00", "control character '\\x00' at position 6"),
+    ("comp", "model", "\x00", "control character"),
+    ("chat", "user", "\x00", "control character"),
+    ("comp", "user", "\x1b[31mred", "control character '\\x1b'"),
+    ("emb", "user", "a\x85b", "control character '\\x85'"),
+    ("chat", "user", "a\x7f", "control character '\\x7f'"),
+    ("comp", "user", "tab\there", "control character '\\t'"),
+    ("emb", "model", "m" * 257, "at most 256"),
+    ("chat", "user", "u" * 257, "at most 256"),
+]
+
+
+@pytest.mark.parametrize("endpoint,field,value,says", LABELS, ids=[f"{e}-{f}-{i}" for i, (e, f, _, _) in
+                                                                  enumerate(LABELS)])
+def test_control_characters_and_long_labels_are_refused_by_name(served, endpoint, field, value, says):
+    err = refused(post(served, endpoint, {**BASE[endpoint], field: value}), field)
+    assert says in err["message"], err
+
+
+HEADERS = [("X-Leaninfer-Workflow", "a\x00b", "control character"),
+           ("X-Leaninfer-Workflow", "w" * 65, "at most 64"),
+           ("X-Leaninfer-Tags", "env=\x1b[2J", "control character"),
+           ("X-Leaninfer-Tags", "novalue", "key=value"),
+           ("X-Leaninfer-Tags", ",".join(f"k{i}=v" for i in range(17)), "at most 16")]
+
+
+@pytest.mark.parametrize("header,value,says", HEADERS, ids=range(len(HEADERS)))
+def test_label_headers_are_checked_at_the_edge(served, header, value, says):
+    r = post(served, "emb", EMB, {header: value})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == header and header in err["message"] and says in err["message"], err
+
+
+def test_clean_labels_of_any_script_are_served(served):
+    r = post(served, "chat", {**CHAT, "user": "ユーザー naïve 👋 " + "u" * 200},
+             {"X-Leaninfer-Workflow": "caf\xe9".encode("latin-1"),  # headers travel as latin-1 octets
+              "X-Leaninfer-Tags": "env=prod, \xe9quipe=donn\xe9es".encode("latin-1")})
+    assert r.status_code == 200, r.text
 
 
 SURROGATE = "a\ud800b"
@@ -211,10 +255,10 @@ def test_an_unexpected_error_is_a_counted_openai_shaped_500(served, monkeypatch)
         async with app_client(served) as c:
             eng = c.app.state.served["minilm"].engine
 
-            async def broken(tokens):
+            def broken(tokens):
                 raise RuntimeError("a bug")
 
-            monkeypatch.setattr(eng, "embed", broken)
+            monkeypatch.setattr(eng, "submit", broken)
             r = await c.post("/v1/embeddings", json=EMB)
             assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
             monkeypatch.undo()

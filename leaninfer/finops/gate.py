@@ -23,6 +23,7 @@ called in a worker thread, as every store read of the gate is).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -45,7 +46,7 @@ from .ledger_writer import LedgerWriter
 from .metrics import FinOpsMetrics
 from .money import to_nano, to_usd
 from .rate_limits import RateLimited, RateLimits
-from .refusals import InvalidKey, NotAllowed, Refusal, UnknownModel, WrongTask
+from .refusals import GovernanceUnavailable, InvalidKey, NotAllowed, Refusal, UnknownModel, WrongTask
 from .routing import Router
 from .store import open_store
 from .store.memory import MemoryState
@@ -214,10 +215,20 @@ class Gate:
             self._claimed = False
         self.store.close()
 
-    async def _state(self, fn, *args):
+    async def _state(self, fn, *args, what: str = "check the budgets and limits"):
         """``fn(*args)`` on the State: in a worker thread when it does I/O (SQL), inline when it is this
-        process's memory."""
-        return await asyncio.to_thread(fn, *args) if self.state.blocking else fn(*args)
+        process's memory. A failure of the state itself (not a refusal) becomes a logged, counted 503."""
+        try:
+            return await asyncio.to_thread(fn, *args) if self.state.blocking else fn(*args)
+        except (RateLimited, BudgetExceeded, Refusal):
+            raise
+        except Exception as e:
+            raise self._unavailable(what, e) from e
+
+    def _unavailable(self, what: str, cause: BaseException) -> GovernanceUnavailable:
+        log.error("FinOps could not %s", what, exc_info=cause)
+        self._rejected(OPEN_TEAM, "governance_unavailable")
+        return GovernanceUnavailable(what, cause)
 
     # -- keys -----------------------------------------------------------------------------------------------
     async def authenticate(self, presented: str) -> KeyRecord | None:
@@ -228,7 +239,10 @@ class Gate:
             return None
         key = self._keys.get(key_id, _UNREAD)
         if key is _UNREAD:
-            key = self._keys[key_id] = await asyncio.to_thread(self.store.get_key, key_id)
+            try:
+                key = self._keys[key_id] = await asyncio.to_thread(self.store.get_key, key_id)
+            except Exception as e:
+                raise self._unavailable("read the API key", e) from e
         return key if key is not None and key.active and matches(key, presented) else None
 
     # -- admit ----------------------------------------------------------------------------------------------
@@ -333,7 +347,10 @@ class Gate:
         adm.cache_key = cache_key(adm.team, v.hash, adm.ask.endpoint, p.cache_params)
         if adm.cache_key is None:  # parameters it can't key on: not cached, never an error
             return False
-        entry = await self._state(self.cache.get, adm.cache_key)
+        try:
+            entry = await self._state(self.cache.get, adm.cache_key, what="read the response cache")
+        except GovernanceUnavailable:  # a cache that fails is a cache that misses: the request goes on
+            entry, adm.cache_key = None, None
         if entry is None:
             row.cache = "miss"
             return False
@@ -416,27 +433,38 @@ class Gate:
         if row is None:
             return
         row.status, row.error_class = status, ("" if status == 200 else error_type or "")
-        if adm.reservation is not None:
-            await self._state(self.book.settle, adm.reservation, row.cost_nusd, row.charged_tokens)
+        # Settling, caching and the gauges may fail with the store (logged and counted there); the ledger row
+        # is still written: a reservation not settled is released when its hold expires.
+        with contextlib.suppress(GovernanceUnavailable):
+            if adm.reservation is not None:
+                await self._state(self.book.settle, adm.reservation, row.cost_nusd, row.charged_tokens,
+                                  what="settle a budget reservation")
+            if status == 200 and body is not None and adm.cache_key is not None and adm.hit is None:
+                await self._state(self.cache.put, adm.cache_key, body, row.cost_nusd,
+                                  adm.ask.endpoint != "embeddings", what="write the response cache")
+            await self._gauges(adm)
         row.finished_at = time.time()
         if row.duration_s == 0.0:
             row.duration_s = row.finished_at - row.created_at
-        if status == 200 and body is not None and adm.cache_key is not None and adm.hit is None:
-            await self._state(self.cache.put, adm.cache_key, body, row.cost_nusd, adm.ask.endpoint != "embeddings")
         if self.metrics is not None and (adm.metered or adm.hit is not None):
             self.metrics.observe(row.team, row.served_model, row.input_tokens, row.output_tokens,
                                  to_usd(row.cost_nusd))
-        key = adm.key
-        if key is not None and self.book is not None and adm.variant is not None:
-            for budget, (used, cap, start) in (await self._state(self.book.used, key)).items():
-                ratio = used / cap if cap else 1.0
-                if self.metrics is not None:
-                    self.metrics.budget_used.labels(key.key_id, self.metrics.team(row.team), budget).set(ratio)
-                self.spend_watch.budget_used(key.key_id, row.team, budget, ratio, start)
         if adm.metered:
             self.spend_watch.observe(row.key_id, row.team, row.served_model, row.charged_tokens, row.cost_nusd)
         if self.writer is not None:
             await self.writer.record(row)
+
+    async def _gauges(self, adm: Admission) -> None:
+        """The key's budget gauges and budget alerts, from its settled spend."""
+        key, row = adm.key, adm.row
+        if key is None or self.book is None or adm.variant is None:
+            return
+        used = await self._state(self.book.used, key, what="read the budgets' use")
+        for budget, (spent, cap, start) in used.items():
+            ratio = spent / cap if cap else 1.0
+            if self.metrics is not None:
+                self.metrics.budget_used.labels(key.key_id, self.metrics.team(row.team), budget).set(ratio)
+            self.spend_watch.budget_used(key.key_id, row.team, budget, ratio, start)
 
 
 __all__ = ["Admission", "Ask", "Gate", "Plan", "Refusal", "next_request_id"]

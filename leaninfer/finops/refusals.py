@@ -46,3 +46,14 @@ class WrongTask(Refusal):
     def __init__(self, name: str, task: str, wanted: str):
         super().__init__(f"model {name!r} is a {task} model; this endpoint needs a {wanted} model",
                          "wrong_task", "model")
+
+
+class GovernanceUnavailable(Refusal):
+    """The store (or the shared state in it) failed while the gate needed it: the request is not let through
+    unchecked (a 503; the failure is logged with its cause and counted)."""
+
+    status, type = 503, "server_error"
+
+    def __init__(self, what: str, cause: BaseException):
+        super().__init__(f"the server could not {what} ({type(cause).__name__}): retry later, or ask the "
+                         "operator to check the store", "governance_unavailable")

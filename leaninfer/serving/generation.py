@@ -15,6 +15,7 @@ from ..engines.core import SamplingParams
 from ..finops.gate import Admission, Plan
 from ..finops.variant import Variant
 from .disconnect import ReleasingStream, until_disconnect
+from .errors import to_openai
 from .guard import OFFLOAD_CHARS, Ctx, close_soon, guarded, off_loop_if, read_body, sized
 from .openai_format import SSE_DONE, CompletionFormat, completion_usage, sse
 from .prompts import chat_prompt, completion_prompt, echo_text, logit_bias
@@ -169,7 +170,13 @@ async def _stream(request: Request, s: ServedModel, adm: Admission, fmt: Complet
         if ev.finish_reason:
             yield fmt.chunk(None, ev.finish_reason)
     usage = _finish(request, s, adm, n_prompt)
-    await request.app.state.gate.close(adm, status, error_type)
+    try:
+        await request.app.state.gate.close(adm, status, error_type)
+    except Exception as e:  # the ledger could not record it: the stream ends with that error, not [DONE]
+        error = to_openai(e) or OpenAIError(500, f"internal error: {type(e).__name__}", type="server_error")
+        metrics.server_errors.labels(endpoint, str(error.status)).inc()
+        yield sse(error.body())
+        return
     if include_usage:
         yield fmt.usage_chunk(usage)
     yield SSE_DONE

@@ -133,6 +133,9 @@ async def guarded(request: Request, endpoint: str, handler):
 
     try:
         resp = await within(handler(ctx), timeout)
+        if ctx.admission is not None and not isinstance(resp, StreamingResponse):  # a stream closes its own
+            # the ledger row is committed before the response leaves; a row that can't be is this request's 503
+            await state.gate.close(ctx.admission, resp.status_code, body=ctx.body)
     except ClientDisconnect:  # nothing reached an engine, yet the client did hang up: a cancellation too
         error = OpenAIError(499, "client disconnected", code="client_closed_request")
     except TimeoutError:
@@ -146,15 +149,16 @@ async def guarded(request: Request, endpoint: str, handler):
             log.error("unexpected error in %s", endpoint, exc_info=e)
             error = OpenAIError(500, f"internal error: {type(e).__name__}", type="server_error")
     else:
-        if not isinstance(resp, StreamingResponse):  # a stream closes its admission when it ends
-            if ctx.admission is not None:
-                await state.gate.close(ctx.admission, resp.status_code, body=ctx.body)
+        if not isinstance(resp, StreamingResponse):  # a stream observes its latency when it ends
             state.metrics.e2e.labels(ctx.model, endpoint).observe(time.perf_counter() - t0)
         resp.headers[REQUEST_ID_HEADER] = ctx.request_id
         count(resp.status_code)
         return resp
-    count(error.status, error.type)
     if ctx.admission is not None:
-        await state.gate.close(ctx.admission, *outcome_of(error))
+        try:
+            await state.gate.close(ctx.admission, *outcome_of(error))
+        except Exception as e:  # its row could not be written either: say that instead
+            error = to_openai(e) or error
+    count(error.status, error.type)
     error.headers[REQUEST_ID_HEADER] = ctx.request_id
     raise error from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 
 import pytest
 
@@ -175,3 +176,57 @@ def test_a_bad_label_header_is_a_recorded_400_counted_against_rpm(served, tmp_pa
     assert ok.status_code == 200 and over.status_code == 429  # the refused request counted
     row = next(r for r in _rows(store) if r.request_id == bad.headers["x-request-id"])
     assert row.status == 400 and row.workflow == ""
+
+
+def test_a_store_that_fails_is_a_counted_503_never_a_500(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key = make_key(store, team="t", budget_usd_day=100.0)
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store, shared_state=True) as c:
+            ok = await c.post("/v1/embeddings", json=EMBED, headers=bearer(key))
+            state = c.app.state.gate.state
+            state.reserve = broken
+            refused = await c.post("/v1/embeddings", json=EMBED, headers=bearer(key))
+            del state.reserve
+            c.app.state.gate._keys.clear()
+            c.app.state.gate.store.get_key = broken
+            unread = await c.post("/v1/embeddings", json=EMBED, headers=bearer(key))
+            return ok, refused, unread, (await c.get("/metrics")).text
+
+    ok, refused, unread, metrics = asyncio.run(go())
+    assert ok.status_code == 200
+    for r in (refused, unread):
+        assert r.status_code == 503 and r.json()["error"]["code"] == "governance_unavailable", r.text
+    assert 'reason="governance_unavailable"' in metrics
+
+
+def test_a_row_the_ledger_cannot_write_fails_only_its_own_request(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key = make_key(store, team="t")
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store) as c:
+            s = c.app.state.gate.store
+            append = s.append
+
+            def picky(rows):
+                if any(r.workflow == "poison" for r in rows):
+                    raise sqlite3.IntegrityError("this row can't be stored")
+                return append(rows)
+
+            s.append = picky
+            return await asyncio.gather(*(
+                c.post("/v1/embeddings", json=EMBED, headers=bearer(key, **{"X-Leaninfer-Workflow": w}))
+                for w in ["a", "poison", "b", "c"] * 5))
+
+    rs = asyncio.run(go())
+    for r in rs:
+        poisoned = r.request.headers["x-leaninfer-workflow"] == "poison"
+        assert r.status_code == (503 if poisoned else 200), r.text
+    rows = _rows(store)
+    assert len([r for r in rows if r.workflow in ("a", "b", "c")]) == 15 and not any(r.workflow == "poison"
+                                                                                      for r in rows)

@@ -8,11 +8,11 @@ import time
 import httpx
 import pytest
 
+from leaninfer.engines.engine import BatchingConfig
 from leaninfer.finops.config import FinOpsConfig
 from leaninfer.finops.keys import KeyPolicy, KeyRecord, new_key
 from leaninfer.finops.store import open_store
 from leaninfer.serving.app import ServerConfig, create_app
-from leaninfer.engines.engine import BatchingConfig
 
 USD_PER_HOUR = 3600.0  # $1 per engine-second: costs of tiny requests stay far above a nano-dollar
 
@@ -26,6 +26,15 @@ def make_key(store: str, **policy) -> str:
     finally:
         s.close()
     return plaintext
+
+
+def ledger_rows(store: str):
+    """Every ledger row in ``store``, oldest first."""
+    s = open_store(store)
+    try:
+        return s.rows()
+    finally:
+        s.close()
 
 
 def bearer(key: str, **headers) -> dict:

@@ -12,20 +12,11 @@ import pytest
 from leaninfer.errors import LeaninferError
 from leaninfer.finops.config import FinOpsConfig
 from leaninfer.finops.gate import HOLD_MARGIN_S, KEY_CACHE_ENTRIES
-from leaninfer.finops.store import open_store
 from leaninfer.serving.app import ServerConfig, create_app
 
-from .conftest import bearer, finops_client, make_key
+from .conftest import bearer, finops_client, ledger_rows, make_key
 
 EMBED = {"model": "minilm", "input": "a cat sat on the mat"}
-
-
-def _rows(store: str):
-    s = open_store(store)
-    try:
-        return s.rows()
-    finally:
-        s.close()
 
 
 def test_a_wrong_dimensions_is_refused_before_the_engine_runs(served, tmp_path):
@@ -44,7 +35,7 @@ def test_a_wrong_dimensions_is_refused_before_the_engine_runs(served, tmp_path):
     r, calls = asyncio.run(go())
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions" and "384" in r.text
     assert calls == []  # never reached the engine
-    row = next(x for x in _rows(store) if x.status == 400)
+    row = next(x for x in ledger_rows(store) if x.status == 400)
     assert row.cost_nusd == 0 and row.busy_s == 0.0
 
 
@@ -74,7 +65,7 @@ def test_errors_carry_the_request_id_of_their_ledger_row(served, tmp_path):
                     await c.post("/v1/embeddings", json=EMBED, headers=bearer(key)))
 
     missing, no_key, ok = asyncio.run(go())
-    rows = {r.request_id: r for r in _rows(store)}
+    rows = {r.request_id: r for r in ledger_rows(store)}
     assert missing.status_code == 404 and rows[missing.headers["x-request-id"]].status == 404
     assert no_key.status_code == 401 and no_key.headers["x-request-id"].startswith("req-")
     assert ok.headers["x-request-id"] == ok.json()["usage"]["leaninfer"]["request_id"]
@@ -174,7 +165,7 @@ def test_a_bad_label_header_is_a_recorded_400_counted_against_rpm(served, tmp_pa
     bad, ok, over = asyncio.run(go())
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Leaninfer-Workflow"
     assert ok.status_code == 200 and over.status_code == 429  # the refused request counted
-    row = next(r for r in _rows(store) if r.request_id == bad.headers["x-request-id"])
+    row = next(r for r in ledger_rows(store) if r.request_id == bad.headers["x-request-id"])
     assert row.status == 400 and row.workflow == ""
 
 
@@ -227,6 +218,6 @@ def test_a_row_the_ledger_cannot_write_fails_only_its_own_request(served, tmp_pa
     for r in rs:
         poisoned = r.request.headers["x-leaninfer-workflow"] == "poison"
         assert r.status_code == (503 if poisoned else 200), r.text
-    rows = _rows(store)
+    rows = ledger_rows(store)
     assert len([r for r in rows if r.workflow in ("a", "b", "c")]) == 15 and not any(r.workflow == "poison"
                                                                                       for r in rows)

@@ -12,18 +12,11 @@ from leaninfer.finops.money import to_nano
 from leaninfer.finops.store import open_store
 
 from .conftest import bearer, finops_client, make_key
+from .conftest import ledger_rows as ledger
 from .store_fixtures import postgres_database
 
 pytestmark = pytest.mark.timeout(600)
 EMBED = {"model": "minilm", "input": "a sentence about budgets"}
-
-
-def ledger(store: str):
-    s = open_store(store)
-    try:
-        return s.rows()
-    finally:
-        s.close()
 
 
 def test_keys_are_required_and_checked(served, tmp_path, caplog):

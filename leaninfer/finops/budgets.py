@@ -127,6 +127,11 @@ class BudgetBook:
             out.append((budget, start, reset, to_nano(limit) if budget.startswith("usd") else int(limit)))
         return out
 
+    def cold(self, key: KeyRecord) -> bool:
+        """Whether reserving for ``key`` now would read the ledger (a window this process hasn't seen yet)."""
+        limits = self._limits(key, self.clock())
+        return bool(limits) and self.state.cold(key.key_id, [(b, start) for b, start, _, _ in limits])
+
     def reserve(self, key: KeyRecord, nusd: int, tokens: int) -> Reservation:
         """Take ``nusd`` nano-dollars and ``tokens`` from every budget of ``key``, or raise
         :class:`BudgetExceeded` for the first one it would exceed (and take nothing)."""

@@ -215,11 +215,12 @@ class Gate:
             self._claimed = False
         self.store.close()
 
-    async def _state(self, fn, *args, what: str = "check the budgets and limits"):
-        """``fn(*args)`` on the State: in a worker thread when it does I/O (SQL), inline when it is this
-        process's memory. A failure of the state itself (not a refusal) becomes a logged, counted 503."""
+    async def _state(self, fn, *args, what: str = "check the budgets and limits", io: bool = False):
+        """``fn(*args)`` on the State: in a worker thread when it does I/O (SQL, or ``io``: this call reads the
+        store), inline when it is this process's memory. A failure of the state itself (not a refusal)
+        becomes a logged, counted 503."""
         try:
-            return await asyncio.to_thread(fn, *args) if self.state.blocking else fn(*args)
+            return await asyncio.to_thread(fn, *args) if self.state.blocking or io else fn(*args)
         except (RateLimited, BudgetExceeded, Refusal):
             raise
         except Exception as e:
@@ -323,7 +324,8 @@ class Gate:
 
     async def _reserve(self, adm: Admission, key: KeyRecord, nusd: int, tokens: int) -> None:
         try:
-            adm.reservation = await self._state(self.book.reserve, key, nusd, tokens)
+            # the first reservation of a window in this process reads its spend from the ledger: off the loop
+            adm.reservation = await self._state(self.book.reserve, key, nusd, tokens, io=self.book.cold(key))
         except BudgetExceeded:
             self._rejected(adm.team, "budget_exceeded")
             raise

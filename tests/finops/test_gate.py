@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import threading
 
 import pytest
 
@@ -221,3 +222,20 @@ def test_a_row_the_ledger_cannot_write_fails_only_its_own_request(served, tmp_pa
     rows = ledger_rows(store)
     assert len([r for r in rows if r.workflow in ("a", "b", "c")]) == 15 and not any(r.workflow == "poison"
                                                                                       for r in rows)
+
+
+def test_a_window_s_first_ledger_read_runs_off_the_event_loop(served, tmp_path):
+    store = str(tmp_path / "l.db")
+    key = make_key(store, team="t", budget_usd_day=100.0, budget_tokens_month=10**6)
+
+    async def go():
+        async with finops_client(served, auth="keys", store=store) as c:
+            gate, threads = c.app.state.gate, []
+            spend = gate.state._spend
+            gate.state._spend = lambda *a: (threads.append(threading.get_ident()), spend(*a))[1]
+            for _ in range(3):
+                assert (await c.post("/v1/embeddings", json=EMBED, headers=bearer(key))).status_code == 200
+            return threads, threading.get_ident()
+
+    threads, loop_thread = asyncio.run(go())
+    assert len(threads) == 2 and loop_thread not in threads  # one read per window (day, month), in a worker

@@ -100,6 +100,9 @@ class MemoryState:
             acc = self._accounts[(key_id, budget, start)] = _Account(self._start_of(key_id, budget, start))
         return acc
 
+    def cold(self, key_id: str, windows: list[tuple[str, float]]) -> bool:
+        return self._spend is not None and any((key_id, b, s) not in self._accounts for b, s in windows)
+
     def reserve(self, key_id: str, items: list[BudgetAsk], hold: Hold | None) -> None:
         with self._lock:
             plan = []

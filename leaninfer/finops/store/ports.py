@@ -119,6 +119,10 @@ class State(Protocol):
     def budget_used(self, key_id: str, windows: list[tuple[str, float]]) -> dict[str, tuple[int, int]]:
         """``{budget: (settled, reserved)}`` for each ``(budget, window start)``."""
 
+    def cold(self, key_id: str, windows: list[tuple[str, float]]) -> bool:
+        """Whether touching these windows would read the ledger first (I/O, even for a State that otherwise
+        doesn't block): the caller then reserves off the event loop."""
+
     def rate_hit(self, key_id: str, items: list[RateAsk], window_s: float, now: float) -> list[RateResult]:
         """Count ``cost`` against every ``(name, quota, cost)`` of ``items`` if all fit, else count none; one
         ``(allowed, remaining, reset_at)`` per item (:func:`sliding_window`)."""

@@ -303,6 +303,9 @@ class SQLStore:
                     n += self._reclaim("reclaim_owner", owner)
         return n
 
+    def cold(self, key_id: str, windows: list[tuple[str, float]]) -> bool:
+        return True  # every call does I/O (and is made off the event loop: ``blocking``)
+
     def budget_used(self, key_id: str, windows: list[tuple[str, float]]) -> dict[str, tuple[int, int]]:
         out = {}
         with self.dialect.read() as db:

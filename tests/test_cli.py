@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # `python -m leaninfer.cli` processes optimizing and evaluating minilm
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 

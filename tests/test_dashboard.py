@@ -11,8 +11,8 @@ import httpx
 import pytest
 import yaml
 
-from leaninfer.serving.app import ServerConfig, create_app
 from leaninfer.engines.engine import BatchingConfig
+from leaninfer.serving.app import ServerConfig, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "leaninfer-dashboard.json"

@@ -32,6 +32,7 @@ def words(text: str) -> set[str]:
     return {w for line in text.splitlines() for w in line.split()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [80, 50, None])
 def test_hardware_shows_every_profile_name_whole(columns):
     p = run("hardware", columns=columns)
@@ -43,6 +44,7 @@ def test_hardware_shows_every_profile_name_whole(columns):
         assert max(len(line) for line in p.stdout.splitlines()) <= max(columns, 80)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [80, 50])
 def test_models_shows_every_reference_and_step_whole(columns):
     p = run("models", columns=columns)
@@ -52,6 +54,7 @@ def test_models_shows_every_reference_and_step_whole(columns):
     assert "…" not in p.stdout
 
 
+@pytest.mark.slow
 def test_json_listings_hold_every_name():
     p = run("hardware", "--json")
     assert p.returncode == 0, p.stderr

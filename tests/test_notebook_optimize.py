@@ -1,6 +1,10 @@
 """notebooks/01_optimize.ipynb runs top to bottom (its last cells assert the quality it shows)."""
 
+import pytest
+
 from .notebooks import run_notebook
+
+pytestmark = pytest.mark.slow  # a notebook
 
 
 def test_optimize_notebook_executes(tmp_path):

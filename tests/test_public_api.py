@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import leaninfer
 
 
+@pytest.mark.slow
 def test_optimize_load_evaluate_any_number_of_times_in_any_order(tmp_path, tiny_gpt2):
     # optimize twice in a row: the old leaninfer.optimize was rebound to a subpackage by the first call
     a = leaninfer.optimize("random:tiny-bert", "onnx,ort-int8", tmp_path / "a")

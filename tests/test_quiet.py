@@ -28,6 +28,7 @@ def python(code: str, *args: str, **env: str) -> subprocess.CompletedProcess:
                           env={**clean, "HF_HUB_OFFLINE": "1", **env})
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_api_is_quiet_by_default_and_debug_shows_the_libraries(tmp_path):
     quiet = python(SCRIPT, str(tmp_path / "quiet"))

@@ -17,12 +17,12 @@ import numpy as np
 
 from ..artifacts import library_versions
 from ..data import default_texts
+from ..engines.core import GenerationScheduler, GenSequence, SamplingParams
 from ..hardware import detect_local
 from ..latency import Latency
 from ..logs import quiet_libraries
 from ..models import load
 from ..pipeline import optimize
-from ..engines.core import GenerationScheduler, GenSequence, SamplingParams
 from .measures import dir_bytes, hwm_bytes, measure_bandwidth, reset_peak_rss, rss_bytes
 from .roofline import model_shape
 

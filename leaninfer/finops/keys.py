@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PREFIX = "lk_"
+MAX_BUDGET_USD = 1e9  # 1e18 nano-dollars: under 2**63, with room for the spend and reservations added to it
+MAX_BUDGET_TOKENS = 10**18
 _KEY = re.compile(r"^lk_([0-9a-f]{12})\.([A-Za-z0-9_-]{20,})$")
 
 
@@ -32,12 +34,18 @@ class KeyPolicy(BaseModel):
     team: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
                       description="the team this key's spend is attributed to")
     name: str = Field("", max_length=128, description="a label for people (who holds the key, what for)")
-    budget_usd_day: float | None = Field(None, ge=0, description="$ per calendar day (in --budget-timezone)")
-    budget_usd_month: float | None = Field(None, ge=0, description="$ per calendar month")
-    budget_usd_total: float | None = Field(None, ge=0, description="$ over the key's life")
-    budget_tokens_day: int | None = Field(None, ge=0, description="tokens (input + output) per calendar day")
-    budget_tokens_month: int | None = Field(None, ge=0, description="tokens per calendar month")
-    budget_tokens_total: int | None = Field(None, ge=0, description="tokens over the key's life")
+    # A budget is a finite number whose nano-dollars (or tokens) fit the stores' 64-bit integers: inf, nan or
+    # 1e400 would be stored as "no budget" (JSON has no inf) or fail every request when turned into nano-dollars.
+    budget_usd_day: float | None = Field(None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False,
+                                         description="$ per calendar day (in --budget-timezone)")
+    budget_usd_month: float | None = Field(None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False,
+                                           description="$ per calendar month")
+    budget_usd_total: float | None = Field(None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False,
+                                           description="$ over the key's life")
+    budget_tokens_day: int | None = Field(None, ge=0, le=MAX_BUDGET_TOKENS,
+                                          description="tokens (input + output) per calendar day")
+    budget_tokens_month: int | None = Field(None, ge=0, le=MAX_BUDGET_TOKENS, description="tokens per calendar month")
+    budget_tokens_total: int | None = Field(None, ge=0, le=MAX_BUDGET_TOKENS, description="tokens over the key's life")
     rpm: int | None = Field(None, ge=1, description="requests per minute (moving window)")
     tpm: int | None = Field(None, ge=1, description="tokens per minute, counted at admission as the worst "
                                                     "case (prompt + max_tokens)")

@@ -1,34 +1,53 @@
 """``leaninfer keys create|list|revoke|rotate`` (registered into the main typer app by ``leaninfer.cli``).
 
 The plaintext of a key is printed once, on stdout, when it is created or rotated; the store keeps its hash.
+``keys create`` has one flag per :class:`~.keys.KeyPolicy` field, named, typed and described by the field.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-import os
-import sys
 import time
+import types
+import typing
+from contextlib import closing
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ..errors import LeaninferError
+from .cli import cell, csv_list, markup_safe, open_existing_store, print_table, store_option
 from .keys import KeyPolicy, KeyRecord, hash_key, new_key
-from .stores import DEFAULT_STORE, open_store
+from .store import open_store
 
 console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 160)  # piped: wide enough, ids never cut
-STORE_HELP = "the keys and ledger file the server uses (env LEANINFER_STORE)"
+STORE_HELP = "the keys and ledger file the server uses"
+_FLAG_HELP = {"models": "comma-separated served names or routes (default: all)"}
 
 
-def _store_option():
-    return typer.Option(os.environ.get("LEANINFER_STORE", DEFAULT_STORE), "--store", help=STORE_HELP)
+def _policy_flags(fn):
+    """Give ``fn`` (which takes ``**policy``) one keyword option per KeyPolicy field, ahead of its own
+    parameters: ``budget_usd_day`` is ``--budget-usd-day``, typed and described by the field; a list field is
+    one comma-separated string."""
+    params = []
+    for field, info in KeyPolicy.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # X | None: X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if typing.get_origin(kind) is list:
+            kind = str
+        default = ... if info.is_required() else info.default
+        option = typer.Option(default, "--" + field.replace("_", "-"), help=_FLAG_HELP.get(field, info.description))
+        params.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    fn.__signature__ = inspect.Signature([*params, *own])  # what typer reads the options from
+    return fn
 
 
-def _policy_option(field: str, **kw):
-    return typer.Option(None, "--" + field.replace("_", "-"), help=KeyPolicy.model_fields[field].description, **kw)
+def _existing(store: str):
+    return open_existing_store(store, "store", f"create a key first (leaninfer keys create --store {store} ...)")
 
 
 def register(app: typer.Typer, user_errors) -> None:
@@ -38,34 +57,17 @@ def register(app: typer.Typer, user_errors) -> None:
 
     @keys.command("create")
     @user_errors
-    def create(
-        team: str = typer.Option(..., "--team", help=KeyPolicy.model_fields["team"].description),
-        name: str = typer.Option("", "--name", help=KeyPolicy.model_fields["name"].description),
-        budget_usd_day: float = _policy_option("budget_usd_day"),
-        budget_usd_month: float = _policy_option("budget_usd_month"),
-        budget_usd_total: float = _policy_option("budget_usd_total"),
-        budget_tokens_day: int = _policy_option("budget_tokens_day"),
-        budget_tokens_month: int = _policy_option("budget_tokens_month"),
-        budget_tokens_total: int = _policy_option("budget_tokens_total"),
-        rpm: int = _policy_option("rpm"),
-        tpm: int = _policy_option("tpm"),
-        models: str = typer.Option(None, "--models", help="comma-separated served names or routes (default: all)"),
-        admin: bool = typer.Option(False, "--admin", help=KeyPolicy.model_fields["admin"].description),
-        store: str = _store_option(),
-    ):
+    @_policy_flags
+    def create(*, store: str = store_option(STORE_HELP), **policy):
         """Create a key and print it once (only its hash is stored)."""
-        policy = KeyPolicy(team=team, name=name, budget_usd_day=budget_usd_day, budget_usd_month=budget_usd_month,
-                           budget_usd_total=budget_usd_total, budget_tokens_day=budget_tokens_day,
-                           budget_tokens_month=budget_tokens_month, budget_tokens_total=budget_tokens_total,
-                           rpm=rpm, tpm=tpm, admin=admin,
-                           models=[m.strip() for m in models.split(",") if m.strip()] if models is not None else None)
+        if policy["models"] is not None:
+            policy["models"] = csv_list(policy["models"])
+        checked = KeyPolicy(**policy)  # checks every value: the flag of a bad one is named (user_errors)
         key_id, plaintext, key_hash = new_key()
-        s = open_store(store)
-        try:
-            s.add_key(KeyRecord(key_id, key_hash, policy, time.time()))
-        finally:
-            s.close()
-        console.print(f"created key {key_id} for team {team!r} in {store}; it is shown once, here:")
+        with closing(open_store(store)) as s:
+            s.add_key(KeyRecord(key_id, key_hash, checked, time.time()))
+        console.print(f"created key {key_id} for team {checked.team!r} in {markup_safe(store)}; it is shown once, "
+                      f"here:")
         print(plaintext)
 
     @keys.command("list")
@@ -73,64 +75,49 @@ def register(app: typer.Typer, user_errors) -> None:
     def list_(
         all_: bool = typer.Option(False, "--all", help="include revoked keys"),
         as_json: bool = typer.Option(False, "--json", help="one JSON list on stdout"),
-        store: str = _store_option(),
+        store: str = store_option(STORE_HELP),
     ):
         """The keys in the store, with their team, budgets and limits (never a secret or hash)."""
-        s = _existing(store)
-        try:
+        with closing(_existing(store)) as s:
             records = s.list_keys(include_revoked=all_)
-        finally:
-            s.close()
         if as_json:
             print(json.dumps([r.public() for r in records], indent=2))
             return
-        t = Table(title=f"keys in {store}")
+        t = Table(title=f"keys in {markup_safe(store)}")
         for col in ("key_id", "team", "name", "budgets", "limits", "models", "created", "revoked"):
-            t.add_column(col, overflow="fold", no_wrap=col == "key_id")
+            t.add_column(col, no_wrap=col == "key_id")
         for r in records:
             p = r.policy
             budgets = ", ".join(f"{b}={v:g}" for b, (_, v) in p.budgets().items()) or "-"
             limits = ", ".join(f"{n}={v}" for n, v in (("rpm", p.rpm), ("tpm", p.tpm)) if v) or "-"
-            t.add_row(r.key_id, p.team, p.name or "-", budgets, limits, ",".join(p.models) if p.models else "all",
-                      _when(r.created_at), _when(r.revoked_at) if r.revoked_at else "-")
-        out.print(t)
+            t.add_row(cell(r.key_id), cell(p.team), cell(p.name or "-"), budgets, limits,
+                      cell(",".join(p.models) if p.models else "all"), _when(r.created_at),
+                      _when(r.revoked_at) if r.revoked_at else "-")
+        print_table(t)
 
     @keys.command("revoke")
     @user_errors
     def revoke(key_id: str = typer.Argument(..., help="the key's id (leaninfer keys list)"),
-               store: str = _store_option()):
+               store: str = store_option(STORE_HELP)):
         """Revoke a key: running servers refuse it (401) within a second."""
-        s = _existing(store)
-        try:
+        with closing(_existing(store)) as s:
             if not s.revoke_key(key_id, time.time()):
                 raise LeaninferError(f"no active key {key_id!r} in {store}: see `leaninfer keys list --all`")
-        finally:
-            s.close()
-        console.print(f"revoked key {key_id}")
+        console.print(f"revoked key {markup_safe(key_id)}")
 
     @keys.command("rotate")
     @user_errors
     def rotate(key_id: str = typer.Argument(..., help="the key's id (leaninfer keys list)"),
-               store: str = _store_option()):
+               store: str = store_option(STORE_HELP)):
         """Give a key a new secret (printed once); the old secret stops working. Its id, team, budgets and
         spend so far stay."""
-        s = _existing(store)
-        try:
-            _, fresh, _ = new_key()
-            plaintext = f"lk_{key_id}.{fresh.split('.', 1)[1]}"
+        _, fresh, _ = new_key()
+        plaintext = f"lk_{key_id}.{fresh.split('.', 1)[1]}"
+        with closing(_existing(store)) as s:
             if not s.set_key_hash(key_id, hash_key(plaintext)):
                 raise LeaninferError(f"no active key {key_id!r} in {store}: see `leaninfer keys list`")
-        finally:
-            s.close()
-        console.print(f"rotated key {key_id}; the new secret is shown once, here:")
+        console.print(f"rotated key {markup_safe(key_id)}; the new secret is shown once, here:")
         print(plaintext)
-
-
-def _existing(store: str):
-    path = store.removeprefix("sqlite:///")
-    if "://" not in store and not os.path.isfile(path):
-        raise LeaninferError(f"no store at {store!r}: create a key first (leaninfer keys create --store {store} ...)")
-    return open_store(store)
 
 
 def _when(t: float) -> str:

@@ -7,15 +7,17 @@ report of a million tiny requests adds up to the cent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from ..errors import LeaninferError, valid_list
 from ..latency import MIN_SAMPLES_FOR_PERCENTILES, percentile
 from .ledger import LedgerRow
 from .money import to_usd
 from .store import Store
+from .windows import quoted, timezone
 
 # group-by name -> how to read it from a row ("model" is the variant that answered; a request refused
 # before a model was chosen counts under what it asked for)
@@ -44,35 +46,30 @@ def check_period(period: str | None) -> str | None:
     return period
 
 
-def zone(tz: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise LeaninferError(f"unknown time zone {tz!r}; give an IANA name such as UTC or Europe/Paris") from None
-
-
 def period_of(t: float, period: str, tz: ZoneInfo) -> str:
     """The period bucket of unix time ``t`` in ``tz``, e.g. ``2025-03-01`` or ``2025-03-01T14:00``."""
     return datetime.fromtimestamp(t, tz).strftime(PERIODS[period])
 
 
 def parse_time(value: str | float | None, tz: str = "UTC", what: str = "time") -> float | None:
-    """Unix seconds from an ISO date/time (naive ones are read in ``tz``) or a number of unix seconds."""
+    """Unix seconds from an ISO date/time (naive ones are read in ``tz``) or a finite number of unix seconds."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        return float(value)
-    except ValueError:
-        pass
+        t = float(value)
+    except (TypeError, ValueError):
+        t = None
+    if t is not None:
+        if not math.isfinite(t):  # nan or inf would reach the SQL and the JSON answer (which can't hold them)
+            raise LeaninferError(f"{what} {quoted(value)} is not a finite number of unix seconds")
+        return t
     try:
         dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise LeaninferError(f"{what} {value!r} is not an ISO date or time (e.g. 2025-03-01 or "
+    except (TypeError, ValueError):
+        raise LeaninferError(f"{what} {quoted(value)} is not an ISO date or time (e.g. 2025-03-01 or "
                              f"2025-03-01T14:00:00+00:00) nor unix seconds") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=zone(tz))
+        dt = dt.replace(tzinfo=timezone(tz))
     return dt.timestamp()
 
 
@@ -128,7 +125,7 @@ def usage_report(rows: Iterable[LedgerRow], by: Sequence[str] = ("team",), perio
     """
     by = check_by(by)
     check_period(period)
-    z = zone(tz)
+    z = timezone(tz)
     groups: dict[tuple, _Group] = {}
     for r in rows:
         k = tuple(GROUPS[b](r) for b in by) + ((period_of(r.created_at, period, z),) if period else ())
@@ -180,10 +177,10 @@ def usage_payload(store: Store, by: Sequence[str] = ("team",), period: str | Non
     """
     by = check_by(by)
     check_period(period)
-    zone(tz)
+    timezone(tz)
     t0, t1 = parse_time(since, tz, "since"), parse_time(until, tz, "until")
     if t0 is not None and t1 is not None and t1 <= t0:
-        raise LeaninferError(f"until ({until}) must be after since ({since})")
+        raise LeaninferError(f"until ({quoted(until)}) must be after since ({quoted(since)})")
     rows = store.rows(t0, t1)
     tot = totals(rows)
     return {

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from ..errors import LeaninferError
 from .ledger import LedgerRow
-from .usage import check_period, period_of, usage_report, zone
+from .usage import check_period, period_of, usage_report
+from .windows import timezone
 
 PLOT_BY = ("team", "key_id")
 
 
 def _periods(rows: Sequence[LedgerRow], period: str, tz: str) -> list[str]:
     """Every period from the first row's to the last's, empty ones included (a gap is a zero, not nothing)."""
-    z = zone(tz)
+    z = timezone(tz)
     t0, t1 = min(r.created_at for r in rows), max(r.created_at for r in rows)
     out: list[str] = []
     t = t0 - t0 % 3600  # hour steps name every day and hour, DST days included

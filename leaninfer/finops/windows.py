@@ -12,10 +12,29 @@ WINDOW_SECONDS = {"day": 86_400, "month": 31 * 86_400}  # for RateLimit-Policy's
 
 
 def timezone(name: str) -> ZoneInfo:
+    """The zone called ``name``, an IANA name such as ``Europe/Berlin``; anything else is a
+    :class:`LeaninferError` naming the value (cut to 40 characters), which the server answers with a 400.
+
+    ``ZoneInfo`` raises more than ``ZoneInfoNotFoundError`` for a bad name: ``ValueError`` for ``""``, ``../x``
+    or a NUL byte, ``OSError`` for a name longer than a file name may be or one naming a folder (``Europe``).
+
+    Example:
+        >>> timezone("Europe/Berlin")
+        zoneinfo.ZoneInfo(key='Europe/Berlin')
+    """
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise LeaninferError(f"unknown timezone {name!r}: give an IANA name such as UTC or Europe/Paris") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError, TypeError):
+        raise LeaninferError(f"unknown time zone {quoted(name)}: valid values are IANA names like Europe/Berlin "
+                             f"or UTC") from None
+
+
+def quoted(value, limit: int = 40) -> str:
+    """``repr(value)`` for an error message: cut to ``limit`` characters (the full length said), control
+    characters escaped."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    return repr(value)
 
 
 def window_bounds(window: str, now: float, tz: ZoneInfo) -> tuple[float, float | None]:

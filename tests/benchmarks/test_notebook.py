@@ -1,6 +1,10 @@
 """notebooks/02_cost_curves.ipynb runs end to end (tiny suite: seconds)."""
 
+import pytest
+
 from ..notebooks import run_notebook
+
+pytestmark = pytest.mark.slow  # a notebook
 
 
 def test_cost_curves_notebook_runs(tmp_path):

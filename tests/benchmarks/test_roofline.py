@@ -33,6 +33,7 @@ def test_step_costs_by_hand():
     assert f == 3 * (5 * 100 + 10 + 4 * 2 * 5 * 5 * 4)
 
 
+@pytest.mark.slow
 def test_torch_dynamic_int8_counts_the_same_matmul_flops_as_fp32(tmp_path):
     import leaninfer
     from leaninfer.pipeline import optimize

@@ -55,6 +55,7 @@ def test_config_validation_names_the_field():
         get_suite("cpu-slow")
 
 
+@pytest.mark.slow
 def test_report_schema_and_baseline(tiny_run):
     out, report, events = tiny_run
     assert report["schema_version"] == SCHEMA_VERSION
@@ -84,6 +85,7 @@ def test_report_schema_and_baseline(tiny_run):
     assert report["library_versions"]["torch"] and report["hardware"]["local"]["cpu_name"]
 
 
+@pytest.mark.slow
 def test_partial_run_keeps_valid_report(tiny_run):
     out, report, _ = tiny_run
     broken = next(v for v in report["variants"] if v["name"] == "broken-artifact")
@@ -91,6 +93,7 @@ def test_partial_run_keeps_valid_report(tiny_run):
     assert "broken-artifact: failed" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cost_recomputes_by_hand_from_raw_throughput(tiny_run):
     _, report, _ = tiny_run
     for v in report["variants"]:
@@ -102,6 +105,7 @@ def test_cost_recomputes_by_hand_from_raw_throughput(tiny_run):
             assert c["usd_per_1k_tokens"] == pytest.approx(0.36 / 3600 / tokens_per_s * 1000, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_projections_are_labelled(tiny_run):
     out, report, _ = tiny_run
     assert report["projections"]
@@ -114,6 +118,7 @@ def test_projections_are_labelled(tiny_run):
     assert (out / "cost_vs_batch.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_generation_on_tiny_causal_lm(tmp_path):
     cfg = BenchConfig(model="random:tiny-gpt2", variants=["fp32"], batch_sizes=[2], prompt_tokens=8, gen_tokens=4,
                       gen_repeats=3, usd_per_hour=1.0)
@@ -130,6 +135,7 @@ def test_generation_on_tiny_causal_lm(tmp_path):
     assert r["roofline"]["bytes_per_step"] > 0 and 0 < r["roofline"]["fraction_of_memory_bound"]
 
 
+@pytest.mark.slow
 def test_one_new_token_priced_run(tmp_path):
     cfg = BenchConfig(model="random:tiny-gpt2", variants=["fp32"], batch_sizes=[1], prompt_tokens=8, gen_tokens=1,
                       gen_repeats=3, usd_per_hour=1.0, project_to=["aws-g6.xlarge"])
@@ -140,6 +146,7 @@ def test_one_new_token_priced_run(tmp_path):
     assert (tmp_path / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_cli_bench_curves_forecast(tiny_run, tmp_path):
     from typer.testing import CliRunner
 

@@ -64,6 +64,7 @@ def _ok(raw):
     return [s for s in raw["samples"] if s["ok"]]
 
 
+@pytest.mark.slow
 def test_every_level_reported_with_percentiles_of_its_samples(run):
     _, report = run
     (group,) = report["groups"]
@@ -84,6 +85,7 @@ def test_every_level_reported_with_percentiles_of_its_samples(run):
         assert lv["requests_per_s"] == pytest.approx(len(ok) / raw["duration_s"])
 
 
+@pytest.mark.slow
 def test_metered_cost_is_the_servers_meter_over_the_level(run):
     _, report = run
     for _, lv, raw in _levels(report):
@@ -106,6 +108,7 @@ def test_metered_cost_is_the_servers_meter_over_the_level(run):
         assert lv["usd_per_1k_tokens_all_in"] >= lv["usd_per_1k_tokens_metered"]
 
 
+@pytest.mark.slow
 def test_goodput_counts_the_requests_meeting_the_slo(run):
     _, report = run
     for _, lv, raw in _levels(report):
@@ -115,6 +118,7 @@ def test_goodput_counts_the_requests_meeting_the_slo(run):
         assert lv["goodput_requests_per_s"] == pytest.approx(len(good) / raw["duration_s"])
 
 
+@pytest.mark.slow
 def test_saturation_set_against_the_offline_bench_at_the_served_batch(run):
     out, report = run
     (group,) = report["groups"]
@@ -156,6 +160,7 @@ def test_saturation_set_against_the_offline_bench_at_the_served_batch(run):
     assert ("| c=2 (wrk) |" in md) == HAS_WRK
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_WRK, reason="wrk is not installed")
 def test_wrk_level_metered_from_the_servers_counters(run):
     _, report = run
@@ -173,6 +178,7 @@ def test_wrk_level_metered_from_the_servers_counters(run):
         assert 0 < lv["client_cpu_s"] and lv["e2e"]["p50_ms"] <= lv["e2e"]["p99_ms"]
 
 
+@pytest.mark.slow
 def test_guidellm_named_fields(run):
     _, report = run
     for _, lv, raw in _levels(report):
@@ -188,6 +194,7 @@ def test_guidellm_named_fields(run):
         assert g["output_token_count"]["successful"]["total_sum"] == sum(s["output_tokens"] for s in ok)
 
 
+@pytest.mark.slow
 def test_plot_one_line_per_variant_and_cost_next_to_offline(run):
     out, report = run
     fig = cost_under_load_figure(report)

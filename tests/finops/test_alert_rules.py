@@ -8,9 +8,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
+from leaninfer.engines.metrics import ServerMetrics
 from leaninfer.finops.alerts import PrometheusSink
 from leaninfer.finops.metrics import FinOpsMetrics
-from leaninfer.engines.metrics import ServerMetrics
 
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "leaninfer-alerts.yml"
 

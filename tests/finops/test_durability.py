@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from leaninfer.benchmarks.load.launch import start_server
 from leaninfer.finops.money import to_nano
 from leaninfer.finops.store import open_store
-from leaninfer.benchmarks.load.launch import start_server
 
 from .conftest import bearer, make_key
 

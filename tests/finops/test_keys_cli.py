@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from leaninfer.cli import app
-from leaninfer.finops.keys import key_id_of, matches
-from leaninfer.finops.stores import open_store
+from leaninfer.finops.keys import KeyPolicy, key_id_of, matches
+from leaninfer.finops.store import open_store
 
 runner = CliRunner()
 
@@ -57,3 +60,50 @@ def test_bad_values_are_named(tmp_path):
     r = keys("list", "--store", str(tmp_path / "missing.db"))
     assert r.exit_code == 2 and "no store at" in r.output
     assert not (tmp_path / "missing.db").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e400", "nan"])
+def test_non_finite_budgets_are_refused_naming_the_flag(tmp_path, value):
+    store = tmp_path / "k.db"
+    r = keys("create", "--team", "a", "--budget-usd-day", value, "--store", str(store))
+    assert r.exit_code == 2 and "--budget-usd-day" in r.output, r.output
+    assert "finite" in r.output or "greater than or equal to 0" in r.output
+    assert not store.exists()  # refused before the store was opened: no key, no file
+
+
+@pytest.mark.parametrize("field", ["budget_usd_day", "budget_usd_month", "budget_usd_total"])
+@pytest.mark.parametrize("value", [math.inf, math.nan, float("1e400"), "Infinity", "NaN"])
+def test_the_policy_itself_refuses_non_finite_budgets(field, value):
+    # the model, not the CLI, refuses them: every path that builds a key (an admin API too) goes through it
+    with pytest.raises(ValidationError, match="finite number") as e:
+        KeyPolicy(team="a", **{field: value})
+    assert e.value.errors()[0]["loc"] == (field,)
+
+
+def test_budgets_must_fit_the_stores_integers():
+    with pytest.raises(ValidationError, match="less than or equal to"):
+        KeyPolicy(team="a", budget_usd_day=1e300)  # 1e309 nano-dollars: no 64-bit column holds it
+    with pytest.raises(ValidationError, match="less than or equal to"):
+        KeyPolicy(team="a", budget_tokens_day=10**30)
+    assert KeyPolicy(team="a", budget_usd_day=1e9, budget_tokens_total=10**18).budget_usd_day == 1e9
+
+
+def test_create_has_a_flag_per_policy_field():
+    r = keys("create", "--help")
+    assert r.exit_code == 0
+    flags = {"--" + f.replace("_", "-") for f in KeyPolicy.model_fields}
+    assert all(flag in r.output for flag in flags | {"--store"}), r.output
+
+
+def test_list_prints_names_and_models_inert(tmp_path):
+    store = str(tmp_path / "k.db")
+    name = "ops\x1b[31m [bold red]boss[/] \x9b2J\u202e"
+    r = keys("create", "--team", "a", "--name", name, "--models", "m1,\x1b]0;title\x07", "--store", store)
+    assert r.exit_code == 0, r.output
+    out = keys("list", "--store", store)
+    assert out.exit_code == 0, out.output
+    assert "\x1b" not in out.stdout and "\x9b" not in out.stdout and "\x07" not in out.stdout
+    assert "\u202e" not in out.stdout
+    assert "[bold red]boss[/]" in out.stdout  # markup shown as the text it is
+    assert "\\x1b[31m" in out.stdout and "\\x9b2J" in out.stdout and "\\u202e" in out.stdout
+    assert "\\x1b]0;title\\x07" in out.stdout

@@ -3,6 +3,7 @@ its errors, and the plot's series."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -15,9 +16,12 @@ from leaninfer.errors import LeaninferError
 from leaninfer.finops.keys import KeyPolicy, KeyRecord
 from leaninfer.finops.ledger import LedgerRow
 from leaninfer.finops.money import to_usd
-from leaninfer.finops.stores import open_store
+from leaninfer.finops.store import open_store
 from leaninfer.finops.usage import daily_budgets, totals, usage_payload, usage_report
 from leaninfer.finops.usage_plot import plot_usage, save_figure
+from leaninfer.finops.windows import timezone
+
+from .conftest import bearer, finops_client, make_key
 
 DAY1 = 1740787200.0  # 2025-03-01T00:00:00Z
 H = 3600.0
@@ -240,3 +244,97 @@ def test_save_figure_keeps_the_old_file_when_writing_fails(store, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         save_figure(fig, out)
     assert out.read_bytes() == b"old" and [p.name for p in out.parent.iterdir()] == ["u.png"]
+
+
+BAD_ZONES = ["", "x" * 300, "../../etc/passwd", "\x00", "Europe/Nowhere", "Europe", "/etc/localtime", "UTC\n"]
+
+
+@pytest.mark.parametrize("tz", BAD_ZONES)
+def test_every_bad_time_zone_is_a_user_error_naming_it(store, store_path, tz):
+    # ZoneInfo raises ValueError ("", "../x", NUL), OSError (a name too long for a file, a folder) and
+    # ZoneInfoNotFoundError: all of them must be a LeaninferError, which the server answers with a 400
+    for call in (lambda: usage_payload(store, tz=tz), lambda: usage_report(ROWS, tz=tz), lambda: timezone(tz)):
+        with pytest.raises(LeaninferError, match="valid values are IANA names like Europe/Berlin") as e:
+            call()
+        message = str(e.value)
+        assert repr(tz[:40]) in message and len(message) < 200  # named, cut, control characters escaped
+        assert "\x00" not in message and "\n" not in message
+    res = _invoke("--store", str(store_path), "--tz", tz)
+    assert res.exit_code == 2 and "unknown time zone" in res.output and "Traceback" not in res.output
+
+
+def test_cli_bad_time_zone_is_named_before_the_store_is_opened(tmp_path):
+    res = _invoke("--store", str(tmp_path / "missing.db"), "--tz", "x" * 300)
+    assert res.exit_code == 2, res.output
+    assert "unknown time zone 'xxxx" in res.output and "(300 characters)" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def _hostile_ledger(tmp_path):
+    path = tmp_path / "hostile.db"
+    s = open_store(path)
+    s.append([
+        _row(1, DAY1, "search", "rag\x1b[2J\x1b[H[bold red]pwned[/]", "k1", "m\x1b]0;title\x07[link=x]y[/link]",
+             cost=10, tags={"env": "\x9b31mprod\u202e"}),
+        _row(2, DAY1 + 1, "search", "plain", "k1", "minilm", cost=5, requested_model="\x1b[5mblink"),
+    ])
+    s.close()
+    return path
+
+
+def test_cli_table_prints_client_strings_inert(tmp_path):
+    path = _hostile_ledger(tmp_path)
+    res = _invoke("--store", str(path), "--by", "team,workflow,model,endpoint,key_id")
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in out
+    assert "[bold red]pwned[/]" in out and "[link=x]y[/link]" in out  # markup printed as its text
+    assert "rag\\x1b[2J\\x1b[H[bold red]pwned[/]" in out  # each control visible as an escape
+    assert "m\\x1b]0;title\\x07[link=x]y[/link]" in out
+
+
+def test_json_output_escapes_controls_too(tmp_path):
+    res = _invoke("--store", str(_hostile_ledger(tmp_path)), "--by", "workflow", "--json")
+    assert res.exit_code == 0 and "\x1b" not in res.stdout
+    assert "rag\x1b[2J\x1b[H[bold red]pwned[/]" in {g["workflow"] for g in json.loads(res.stdout)}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_non_finite_since_or_until_is_a_user_error(store, value):
+    # a NaN or an infinity would reach the SQL, and /v1/usage's JSON answer can't hold it (a 500)
+    for kw in ({"since": value}, {"until": value}):
+        with pytest.raises(LeaninferError, match="is not a finite number of unix seconds"):
+            usage_payload(store, **kw)
+
+
+def test_long_time_values_are_cut_in_the_error(store):
+    with pytest.raises(LeaninferError, match=r"\(5000 characters\) is not an ISO date") as e:
+        usage_payload(store, since="y" * 5000)
+    assert len(str(e.value)) < 200
+
+
+def test_usage_endpoint_answers_bad_zones_and_times_with_a_400(served, tmp_path):
+    store = str(tmp_path / "l.db")
+
+    async def go():
+        admin = make_key(store, team="ops", admin=True)
+        async with finops_client(served, auth="keys", store=store) as c:
+            return [await c.get("/v1/usage", params=params, headers=bearer(admin))
+                    for params in [{"tz": tz} for tz in BAD_ZONES] + [{"since": "nan"}, {"until": "1e400"}]]
+
+    for res in asyncio.run(go()):
+        assert res.status_code == 400, res.text
+        message = res.json()["error"]["message"]
+        assert "IANA names like Europe/Berlin" in message or "not a finite number" in message
+        assert len(message) < 200
+
+
+@pytest.mark.parametrize("tz", ["x" * 300, "Europe/Nowhere", "../../etc/passwd"])
+def test_a_bad_budget_timezone_is_refused_at_start_naming_it(served, tmp_path, tz):
+    async def go():
+        async with finops_client(served, auth="keys", store=str(tmp_path / "l.db"), budget_timezone=tz):
+            pass
+
+    with pytest.raises(LeaninferError, match=r"unknown time zone .*IANA names like Europe/Berlin"):
+        asyncio.run(go())

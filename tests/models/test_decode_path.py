@@ -114,8 +114,8 @@ def test_the_in_place_kv_cache_grows_without_changing_a_token(tiny_llama, monkey
 def test_static_shape_runner_gives_the_dynamic_runner_tokens(request, fixture, monkeypatch):
     """The CUDA-graph path's cache layout, checked on the CPU: staggered joins and leaves, and a capacity
     regrowth mid-decode (capacity step shrunk to 8)."""
-    from leaninfer.models import static_runner
     from leaninfer.engines.core import GenerationScheduler, GenSequence, SamplingParams
+    from leaninfer.models import static_runner
 
     m = request.getfixturevalue(fixture)
     monkeypatch.setattr(static_runner, "CAPACITY_STEP", 8)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leaninfer.models import RecomputeRunner
 from leaninfer.engines.core import GenerationScheduler, GenSequence, SamplingParams
+from leaninfer.models import RecomputeRunner
 
 PROMPTS = ["hello there", "a much longer prompt with many words in it to pad the batch", "x",
            "the cat sat on the mat today"]

@@ -7,8 +7,8 @@ import contextlib
 import httpx
 import pytest
 
-from leaninfer.serving.app import ServerConfig, create_app
 from leaninfer.engines.engine import BatchingConfig
+from leaninfer.serving.app import ServerConfig, create_app
 
 
 @contextlib.asynccontextmanager

@@ -13,12 +13,12 @@ import threading
 import httpx
 import pytest
 
+from leaninfer.engines.engine import BatchingConfig, EmbeddingEngine
+from leaninfer.engines.errors import Overloaded
+from leaninfer.engines.metrics import ServerMetrics
 from leaninfer.serving import embeddings as routes
 from leaninfer.serving import generation
 from leaninfer.serving.app import ServerConfig, create_app
-from leaninfer.engines.engine import BatchingConfig, EmbeddingEngine
-from leaninfer.engines.metrics import ServerMetrics
-from leaninfer.engines.errors import Overloaded
 from leaninfer.serving.errors import to_openai
 
 pytestmark = pytest.mark.timeout(120)

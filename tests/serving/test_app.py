@@ -170,8 +170,8 @@ def test_full_queue_gets_503_with_retry_after(minilm):
     async def main():
         import httpx
 
-        from leaninfer.serving.app import ServerConfig, create_app
         from leaninfer.engines.engine import BatchingConfig
+        from leaninfer.serving.app import ServerConfig, create_app
 
         app = create_app({"minilm": minilm}, ServerConfig(BatchingConfig(max_queue=1)))
         # lifespan not entered: the engine never runs, so the first request stays queued

@@ -23,10 +23,10 @@ import pytest
 from typer.testing import CliRunner
 
 from leaninfer.cli import app as cli_app
+from leaninfer.engines.engine import BatchingConfig
 from leaninfer.finops.config import FinOpsConfig
 from leaninfer.finops.money import to_nano
 from leaninfer.finops.store import open_store
-from leaninfer.engines.engine import BatchingConfig
 from leaninfer.serving.ray_serve import (
     APP_NAME,
     PROXY_CALLBACK,

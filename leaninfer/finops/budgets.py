@@ -30,6 +30,7 @@ from .windows import window_bounds
 # The default request timeout (600 s) + drain timeout (30 s) + a minute: what ``leaninfer serve`` passes
 # unless its timeouts change. An hour (the first releases) held a killed replica's reservations far too long.
 HOLD_S = 690.0
+LIMIT_CACHE_ENTRIES = 10_000  # keys whose budget windows are kept at once
 RECLAIM_EVERY_S = 30.0
 
 
@@ -117,14 +118,24 @@ class BudgetBook:
         # that gives up the GIL, on the event loop's thread).
         self._hold_prefix, self._holds = uuid.uuid4().hex[:16], itertools.count(1)
         self._next_reclaim = 0.0
+        self._limit_cache: dict[str, tuple] = {}  # key id -> (its record, valid from, valid until, limits)
         self._lock = threading.Lock()  # guards Reservation.settled and the reclaim schedule
 
     def _limits(self, key: KeyRecord, now: float) -> list[tuple[str, float, float | None, int]]:
-        """``(budget, window start, reset, limit)`` of each budget of ``key``, in the policy's fixed order."""
-        out = []
+        """``(budget, window start, reset, limit)`` of each budget of ``key``, in the policy's fixed order.
+        Kept per key record until a window ends (a request asks three times; the answer changes once a day)."""
+        hit = self._limit_cache.get(key.key_id)
+        if hit is not None and hit[0] is key and hit[1] <= now < hit[2]:
+            return hit[3]
+        out, first_end = [], float("inf")
         for budget, (window, limit) in key.policy.budgets().items():
             start, reset = window_bounds(window, now, self.tz)
             out.append((budget, start, reset, to_nano(limit) if budget.startswith("usd") else int(limit)))
+            if reset is not None:
+                first_end = min(first_end, reset)
+        if len(self._limit_cache) >= LIMIT_CACHE_ENTRIES:
+            self._limit_cache.clear()
+        self._limit_cache[key.key_id] = (key, now, first_end, out)
         return out
 
     def cold(self, key: KeyRecord) -> bool:

@@ -171,6 +171,7 @@ class Gate:
         self.spend_watch = SpendWatch(sinks + ([self.webhook] if self.webhook else []))
         self.writer: LedgerWriter | None = None
         self._keys: TTLCache = TTLCache(maxsize=KEY_CACHE_ENTRIES, ttl=KEY_CACHE_S)
+        self._reading: dict[str, asyncio.Future] = {}  # key id -> its store read in flight
         self._ticker: asyncio.Task | None = None
         self._claimed = False
 
@@ -240,10 +241,17 @@ class Gate:
             return None
         key = self._keys.get(key_id, _UNREAD)
         if key is _UNREAD:
+            # One read per key id at a time: the requests that arrive while it runs wait for it, rather than
+            # each sending its own when the cached record expires under load.
+            reading = self._reading.get(key_id)
+            if reading is None:
+                reading = self._reading[key_id] = asyncio.ensure_future(asyncio.to_thread(self.store.get_key, key_id))
+                reading.add_done_callback(lambda _: self._reading.pop(key_id, None))
             try:
-                key = self._keys[key_id] = await asyncio.to_thread(self.store.get_key, key_id)
+                key = await asyncio.shield(reading)
             except Exception as e:
                 raise self._unavailable("read the API key", e) from e
+            self._keys[key_id] = key
         return key if key is not None and key.active and matches(key, presented) else None
 
     # -- admit ----------------------------------------------------------------------------------------------
@@ -325,7 +333,8 @@ class Gate:
     async def _reserve(self, adm: Admission, key: KeyRecord, nusd: int, tokens: int) -> None:
         try:
             # the first reservation of a window in this process reads its spend from the ledger: off the loop
-            adm.reservation = await self._state(self.book.reserve, key, nusd, tokens, io=self.book.cold(key))
+            cold = not self.state.blocking and self.book.cold(key)
+            adm.reservation = await self._state(self.book.reserve, key, nusd, tokens, io=cold)
         except BudgetExceeded:
             self._rejected(adm.team, "budget_exceeded")
             raise

@@ -36,7 +36,7 @@ import psutil
 import leaninfer
 from leaninfer.benchmarks.serve_load import wait_idle
 from leaninfer.data import default_texts
-from leaninfer.serving import launch
+from leaninfer.benchmarks.load import launch
 from leaninfer.benchmarks.load.launch import stop_server
 from leaninfer.benchmarks.load.loadgen import LoadSpec, run_level
 

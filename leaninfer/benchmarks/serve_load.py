@@ -49,7 +49,7 @@ from ..errors import LeaninferError
 from ..hardware import get_profile
 from .load import launch
 from .load.launch import stop_server
-from .load.loadgen import LoadSpec, one_request, make_prompt
+from .load.loadgen import LoadSpec, make_prompt, one_request
 from .runner import BenchConfig, _slug, measure_job, parse_variants, run_bench, spawn_worker
 from .serve_load_report import build_serve_load_report, write_serve_load_report
 

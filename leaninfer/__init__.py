@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP's wait policy is left at libgomp's default (workers spin briefly between ops, then sleep). `serve` used to
 # set PASSIVE (workers sleep at once): that helped one 2-thread embeddings engine share 2 vCPUs with the event
 # loop, but it made every op of a decode step wake its workers: gpt2 INT8 served 23-35% dearer per token than at
-# the default. Embedding lanes (serving/engine.py) now run 1-thread calls on 2 vCPUs, where the policy changes
+# the default. Embedding lanes (engines/engine.py) now run 1-thread calls on 2 vCPUs, where the policy changes
 # nothing (227 vs 230 req/s, same run). Measured in docs/serving.md; a user's OMP_WAIT_POLICY still applies.
 logging.getLogger("leaninfer").addHandler(logging.NullHandler())
 

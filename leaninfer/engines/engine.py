@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..cost import usd_for_busy_seconds
 from ..models.runner import pad_left_or_right
 from .core import (
+    ArrivalRate,
     BusyWindow,
     EmbedItem,
     EmbedQueue,
@@ -30,10 +30,13 @@ from .core import (
     GenEvent,
     GenSequence,
     MachineShares,
+    RecentPeak,
     SamplingParams,
+    dispatch_wait,
+    fill_target,
     form_embedding_batches,
+    lanes_for_load,
     split_cost,
-    wait_for_batch,
 )
 from .errors import EngineError, EngineFailed, Overloaded, Unavailable
 from .metrics import ServerMetrics
@@ -54,8 +57,11 @@ class BatchingConfig(BaseModel):
 
     max_batch_size: int = Field(32, ge=1, description="most sequences in one model call (embeddings) or one "
                                                       "running batch (generation)")
-    max_wait_ms: float = Field(20.0, ge=0, description="embeddings: how long a free engine may wait for a batch to "
-                                                        "fill up (it stops waiting sooner once arrivals pause)")
+    max_wait_ms: float = Field(20.0, ge=0, description="embeddings: the longest a free engine waits for a batch to "
+                                                        "fill up; it waits only when the arrivals it observes "
+                                                        "predict the batch full within a model call's time (a "
+                                                        "lone request goes at once), and stops sooner once "
+                                                        "arrivals pause")
     max_batch_tokens: int = Field(16384, ge=1, description="most padded tokens in one embeddings call; "
                                                           "generation: prompt plus max_tokens of a running batch")
     call_overhead_tokens: int | None = Field(None, ge=0, description="embeddings: the fixed cost of one model "
@@ -63,10 +69,11 @@ class BatchingConfig(BaseModel):
                                                                    "texts is cut by length into the calls of least "
                                                                    "total cost (core.py). Default: measured on "
                                                                    "the served model at start")
-    lanes: int = Field(2, ge=1, description="embeddings: model calls that may run at once, each on 1/lanes of "
-                                            "the CPU threads (PyTorch or ONNX Runtime on the CPU; an ONNX lane "
-                                            "loads its own session; others run one call at a time); each call "
-                                            "is metered at its share of the machine")
+    lanes: int = Field(2, ge=1, description="embeddings: model calls that may run at once once the load fills "
+                                            "batches, each on 1/lanes of the CPU threads (below that, one call "
+                                            "at a time on all of them; PyTorch or ONNX Runtime on the CPU; an "
+                                            "ONNX lane loads its own session; others run one call at a time); "
+                                            "each call is metered at its share of the machine")
     max_queue: int = Field(256, ge=1, description="requests waiting per model beyond this get a 503 with "
                                                   "Retry-After")
     max_queue_tokens: int = Field(65536, ge=1, description="tokens waiting per model (embeddings: inputs' "
@@ -97,7 +104,15 @@ class Meter:
 
 
 QUIET_MS = 3.0  # embeddings: a pause in arrivals this long ends the wait for a fuller batch (core.wait_for_batch)
-OVERLAP_MEMORY_S = 1.0  # embeddings lanes: how long after two calls overlapped a lane keeps to its share
+# embeddings: a free lane waits for a fuller batch only when the arrival rate predicts it full within this fraction
+# of a model call's time (core.dispatch_wait); the rate is averaged over ARRIVAL_TAU_S, the batch worth waiting for
+# and the lanes in use follow the most texts in the system at once over the last PEAK_MEMORY_S (core.fill_target,
+# core.lanes_for_load), and a call's cost per padded token is averaged over the last few calls (COST_WEIGHT: the
+# weight of the latest)
+FILL_FRACTION = 1.0
+ARRIVAL_TAU_S = 0.1
+PEAK_MEMORY_S = 1.0
+COST_WEIGHT = 0.25
 
 
 def queue_full(name: str, depth: int) -> Overloaded:
@@ -191,6 +206,7 @@ class _EmbedJob:
     remaining: int = 0
     busy_s: float = 0.0
     cancelled: bool = False
+    in_system: bool = True  # counted in the engine's texts in the system (EmbeddingEngine._leave)
 
 
 class EmbedHandle:
@@ -213,18 +229,21 @@ class EmbedHandle:
 
 
 class EmbeddingEngine(_EngineBase):
-    """Dynamic batching for embeddings: wait up to ``max_wait_ms`` for a batch to fill, group by length.
+    """Dynamic batching for embeddings: dispatch at once, or wait (up to ``max_wait_ms``) for a batch that the
+    arrivals say will fill soon (``core.dispatch_wait``); group by length.
 
     Design note: lanes. ``lanes`` engine threads share the queue, each running its own model calls
-    (``Model.share_cores``). Under load each call runs on 1/lanes of the cores: on a 2-vCPU CPU, minilm offline
-    ran 230-247 texts/s as one call at a time on 2 threads and 289-302 as two calls at once on 1 thread each
-    (no barrier between the two threads of every op), and in the server the event loop's work then slows one
-    lane, not every op of every call. At low load lane 0 serves alone with every core, so a lone request keeps
-    its latency: a lane takes work only while the lanes below it are busy, and a call uses every core unless
-    two calls overlapped in the last ``OVERLAP_MEMORY_S``. Each call is metered at the share of the machine it
-    holds (``core.MachineShares``: a call on half the cores is charged half its time; calls that oversubscribe
-    the cores split them), so idle cores stay out of the meter and the charges never exceed the elapsed time.
-    A backend that can't share cores (OpenVINO, a GPU) gets one lane.
+    (``Model.share_cores``). Once the load fills batches (``core.lanes_for_load``: a full batch of texts in the
+    system at once within the last ``PEAK_MEMORY_S``) each call runs on 1/lanes of the cores: on a 2-vCPU CPU,
+    minilm offline ran 230-247 texts/s as one call at a time on 2 threads and 289-302 as two calls at once on 1
+    thread each (no barrier between the two threads of every op), and in the server the event loop's work then
+    slows one lane, not every op of every call. Below that load lane 0 serves alone with every core (the other
+    lanes take no work), batching what arrives while it runs: at 2-8 clients two lanes on half the cores each
+    served 16-36% fewer requests than one on every core (measured in ``core.lanes_for_load``), and a lone
+    request keeps its latency. Each call is metered at the share of the machine it holds
+    (``core.MachineShares``: a call on half the cores is charged half its time; calls that oversubscribe the
+    cores split them), so idle cores stay out of the meter and the charges never exceed the elapsed time. A
+    backend that can't share cores (OpenVINO, a GPU) gets one lane.
     """
 
     def __init__(self, *args, **kw):
@@ -239,13 +258,25 @@ class EmbeddingEngine(_EngineBase):
         self._in_flight: dict[int, int] = {}
         self._shares = MachineShares()  # the model calls running now, and the machine time each holds
         self._busy: set[int] = set()  # lanes running a window
-        self._overlapped_at = -math.inf  # when two lanes were last in a model call at once
+        self._arrivals = ArrivalRate(ARRIVAL_TAU_S)  # texts submitted per second, lately (dispatch_wait)
+        self._in_system = 0  # texts submitted and not yet answered
+        self._peak = RecentPeak(PEAK_MEMORY_S)  # ... the most of them at once, lately (fill_target)
+        self._width = 0.0  # padded tokens per text of the recent calls (their longest text)
+        self._s_per_cost_token = 0.0  # a call's wall time per (call overhead + padded tokens): none yet, no wait
         given = self.config.call_overhead_tokens  # measured in start() unless given
         self.call_overhead_tokens = DEFAULT_CALL_OVERHEAD_TOKENS if given is None else given
 
     def start(self) -> None:
         if self.config.call_overhead_tokens is None:
-            self.call_overhead_tokens = self._measure_call_overhead()
+            # In a thread of its own that then ends: the calls of the calling thread (the server's event loop)
+            # on every core left that thread's OpenMP team behind, and the lane's calls beside it ran 2.6x
+            # slower for good (minilm, one lane: 11.1 ms per lone request's call instead of 4.3; 2-vCPU Xeon).
+            got: list[int] = []
+            t = threading.Thread(target=lambda: got.append(self._measure_call_overhead()),
+                                 name=f"leaninfer-calibrate-{self.name}")
+            t.start()
+            t.join()
+            self.call_overhead_tokens = got[0] if got else DEFAULT_CALL_OVERHEAD_TOKENS
         super().start()
 
     def _measure_call_overhead(self) -> int:
@@ -322,6 +353,9 @@ class EmbeddingEngine(_EngineBase):
             if self.queue.items and self.queue.tokens + tokens > self.config.max_queue_tokens:
                 raise queue_tokens_full(self.name, self.queue.tokens, self.config.max_queue_tokens)
             self.queue.add([EmbedItem(t, request=job, index=k, enqueued_at=now) for k, t in enumerate(token_lists)])
+            self._arrivals.add(now, len(token_lists))
+            self._in_system += len(token_lists)
+            self._peak.add(now, self._in_system)
             self.metrics.queue_depth.labels(self.name).set(waiting + 1)
             self._cv.notify_all()  # a lane may wait for another to be busy (_take)
         return EmbedHandle(self, job)
@@ -330,24 +364,39 @@ class EmbeddingEngine(_EngineBase):
         job.cancelled = True  # its items are skipped if already taken
         with self._cv:
             self.queue.discard(job)  # and leave the queue now, so their tokens stop counting
+            self._leave(job)
+
+    def _leave(self, job: _EmbedJob) -> None:
+        """``job`` is answered, failed or withdrawn: its texts leave the system (once). Under ``_cv``."""
+        if job.in_system:
+            job.in_system = False
+            self._in_system -= job.n
 
     def _take(self, lane: int, free_since: float) -> list[EmbedItem]:
-        """Wait for a batch to fill (see :func:`~leaninfer.engines.core.wait_for_batch`), then take the queue.
-        ``free_since``: when this lane finished its last batch."""
+        """Wait for a batch to fill when the arrivals predict it full soon (see
+        :func:`~leaninfer.engines.core.dispatch_wait`), then take the queue. ``free_since``: when this lane
+        finished its last batch."""
         cfg = self.config
         max_wait_s = cfg.max_wait_ms / 1000
         quiet_s = min(QUIET_MS / 1000, max_wait_s)
-        # A closed loop of clients splits into one cohort per lane (each lane's clients come back while the
-        # other lanes run), so a lane waits for its share of a full batch, not for a batch that can't fill.
-        full = max(1, cfg.max_batch_size // self.lanes)
+        active = 1
         with self._cv:
             while not self._stopping:
-                # A lane takes work only while every lane below it is busy: at low load lane 0 serves alone,
-                # with every core and a warm thread team, instead of the lanes taking turns.
-                if self.queue.items and all(k in self._busy for k in range(lane)):
-                    now = time.perf_counter()
+                now = time.perf_counter()
+                peak = self._peak.peak(now)
+                active = lanes_for_load(peak, self.lanes, cfg.max_batch_size)  # 1 until the load fills batches
+                # A lane takes work only while every lane below it is busy and the load calls for it: at low
+                # load lane 0 serves alone, with every core and a warm thread team, instead of the lanes taking
+                # turns.
+                if self.queue.items and lane < active and all(k in self._busy for k in range(lane)):
                     start = max(free_since, self.queue.oldest())
-                    left = wait_for_batch(now, self.queue.items, full, start, self.queue.newest, max_wait_s, quiet_s)
+                    # A closed loop of clients splits into one cohort per lane (each lane's clients come back
+                    # while the other lanes run), so a lane waits for its share of the texts lately in the
+                    # system, at most of a full batch: not for a batch that can't fill.
+                    full = fill_target(peak, active, cfg.max_batch_size)
+                    call_s = self._s_per_cost_token * (self.call_overhead_tokens + full * self._width)
+                    left = dispatch_wait(now, self.queue.items, full, start, self.queue.newest,
+                                         self._arrivals.rate(now), call_s, FILL_FRACTION, max_wait_s, quiet_s)
                     if left <= 0:
                         break
                     self._cv.wait(timeout=left)
@@ -355,8 +404,8 @@ class EmbeddingEngine(_EngineBase):
                     self._cv.wait(timeout=0.5)
             # A window wide enough to group lengths, small enough that a request arriving now waits for at
             # most one window: the queue deals it round-robin between requests, so a huge one can't hog it.
-            # With several lanes, one batch each, so that the next free lane finds work.
-            taken = self.queue.take(cfg.max_batch_size * (4 if self.lanes == 1 else 1))
+            # With several lanes at work, one batch each, so that the next free lane finds work.
+            taken = self.queue.take(cfg.max_batch_size * (4 if active == 1 else 1))
             self._taken[lane] = taken
             self._in_flight[lane] = len({id(i.request) for i in taken})
             if taken:
@@ -369,18 +418,31 @@ class EmbeddingEngine(_EngineBase):
         free_since = 0.0
         while not self._stopping:
             taken = [i for i in self._take(lane, free_since) if not i.request.cancelled]
-            for batch in form_embedding_batches(taken, self.config.max_batch_size, self.config.max_batch_tokens,
-                                                self.call_overhead_tokens):
-                _settle_all(self._run_batch([i for i in batch if not i.request.cancelled]))
+            batches = form_embedding_batches(taken, self.config.max_batch_size, self.config.max_batch_tokens,
+                                             self.call_overhead_tokens)
+            done: list = []
+            for k, batch in enumerate(batches):
+                done = self._run_batch([i for i in batch if not i.request.cancelled])
+                if k < len(batches) - 1:
+                    with self._cv:
+                        for job, _ in done:
+                            self._leave(job)
+                    _settle_all(done)
+            # The lane is free before its last answers go out: a client that sends its next request as soon as
+            # it is answered then finds lane 0 free (its thread team warm), not busy and lane 1 taking it.
             with self._cv:
+                for job, _ in done:
+                    self._leave(job)
                 self._in_flight[lane] = 0
                 self._taken[lane] = []
                 self._busy.discard(lane)
-            free_since = time.perf_counter()
+                free_since = time.perf_counter()
+            _settle_all(done)
 
     def _fail_waiting(self, error: EngineError) -> None:
         items = self.queue.take_all() + [i for taken in self._taken.values() for i in taken]
         self._taken, self._in_flight = {}, {}
+        self._in_system = 0
         for job in {id(i.request): i.request for i in items}.values():
             try:
                 job.loop.call_soon_threadsafe(_set_exc, job.future, error)
@@ -394,11 +456,11 @@ class EmbeddingEngine(_EngineBase):
         key = object()
         with self._cv:
             now = time.perf_counter()
-            if self._shares.running_now() > 0:
-                self._overlapped_at = now
-            # Lanes that overlapped in the last second are under load: each keeps its share even while the other
-            # is between windows (a lone call on every core would then collide with the other's next one).
-            share = self.lanes if now - self._overlapped_at < OVERLAP_MEMORY_S else 1
+            # Lanes paired up by the load each keep their share, even while the other is between windows (a call
+            # on every core would collide with the other's next one); a call beside another, when the load has
+            # just changed, takes its share too. Otherwise a call has every core.
+            paired = lanes_for_load(self._peak.peak(now), self.lanes, self.config.max_batch_size) > 1
+            share = self.lanes if paired or self._shares.running_now() > 0 else 1
             self._shares.start(key, 1.0 / share)
         t0 = time.perf_counter()
         for i in batch:
@@ -414,7 +476,12 @@ class EmbeddingEngine(_EngineBase):
         finally:
             with self._cv:
                 dt = self._shares.stop(key)  # the machine time this call held
-        self._record_busy(dt, wall=time.perf_counter() - t0)
+                wall = time.perf_counter() - t0
+                width = max(len(i.token_ids) for i in batch)
+                self._width += COST_WEIGHT * (width - self._width)
+                cost_tokens = max(1, self.call_overhead_tokens + len(batch) * width)
+                self._s_per_cost_token += COST_WEIGHT * (wall / cost_tokens - self._s_per_cost_token)
+        self._record_busy(dt, wall=wall)
         self.metrics.batch_size.labels(self.name, "embedding").observe(len(batch))
         shares = split_cost(dt, [len(i.token_ids) for i in batch])
         done: list[tuple[_EmbedJob, Exception | None]] = []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import shutil
@@ -34,20 +33,11 @@ import httpx
 import psutil
 
 import leaninfer
-from leaninfer.benchmarks.serve_load import wait_idle
-from leaninfer.data import default_texts
 from leaninfer.benchmarks.load import launch
 from leaninfer.benchmarks.load.launch import stop_server
 from leaninfer.benchmarks.load.loadgen import LoadSpec, run_level
-
-
-def read_sentences(path: str | None) -> list[str]:
-    if not path:
-        return default_texts()
-    if path.endswith(".csv"):  # STS-B: sentence1,sentence2,score
-        with open(path, newline="", encoding="utf-8") as f:
-            return [row[0] for row in csv.reader(f) if row]
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+from leaninfer.benchmarks.serve_load import wait_idle
+from leaninfer.data import read_sentences
 
 
 def offline_round(model, texts: list[str], n_batch1: int) -> dict:

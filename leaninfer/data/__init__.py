@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import itertools
 from pathlib import Path
@@ -35,3 +36,14 @@ def default_document() -> str:
 def read_texts(path: str | Path) -> list[str]:
     """One text per non-empty line of a file."""
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_sentences(path: str | Path | None) -> list[str]:
+    """The texts of a benchmark: the bundled ``default_texts()`` without a path, the first column of an STS-B
+    style CSV (``sentence1,sentence2,score``), or one text per non-empty line of any other file."""
+    if not path:
+        return default_texts()
+    if str(path).endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            return [row[0] for row in csv.reader(f) if row]
+    return read_texts(path)

@@ -22,10 +22,12 @@ from .benchmarks import cli as bench_cli
 from .benchmarks.load import cli as load_cli
 from .data import read_texts
 from .demo import run_demo
+from .endpoint import EndpointEmbedder, api_key_from_env, open_endpoint
 from .errors import LeaninferError
 from .evaluate import evaluate
 from .finops import cli as finops_cli
 from .finops import keys_cli
+from .finops.price_list import PriceList, load_price_list, save_price_list
 from .listing import DATA, NAME, TEXT, listing_table, print_listing
 from .logs import quiet_libraries
 from .models import RANDOM_PRESETS, load
@@ -164,28 +166,80 @@ def optimize_cmd(
             console.print(f"  [yellow]note:[/] {note}")
 
 
+# The figures of an endpoint's evaluation that its tariff file keeps (``quality``: what --route floors read).
+ENDPOINT_QUALITY = ("sts_spearman", "sts_drop_pts", "mean_cosine_to_reference")
+
+
+def _eval_endpoint(endpoint: str, model: str | None, reference: str | None, sts: Path | None, text: Path | None,
+                   task: str | None, device: str, key_env: str | None, tariff: Path | None) -> dict:
+    """``eval --endpoint``: the endpoint's embeddings scored by ``evaluate`` as a local model's are; the figures
+    written into ``tariff``'s ``quality`` (whole file or nothing). Every input is checked before the first
+    request, the tariff file before the evaluation."""
+    if model is None:
+        raise LeaninferError("--endpoint needs --model NAME: the endpoint's model id (its /v1/models lists them)")
+    if sts is None and reference is None:
+        raise LeaninferError("--endpoint needs --sts CSV (STS Spearman) and/or --reference MODEL (cosine to it)")
+    prices = load_price_list(tariff) if tariff is not None else None
+    if prices is not None and (prices.model != model or prices.task not in (None, "embedding")):
+        raise LeaninferError(f"--tariff {str(tariff)!r} prices {prices.model!r} ({prices.task}), not the "
+                             f"embedding model {model!r}")
+    ep = open_endpoint(endpoint, model, task=task, api_key=api_key_from_env(key_env))
+    target = EndpointEmbedder(ep)
+    ref = load(reference, task="embedding", device=device) if reference else None
+    if ref is not None:
+        dims = target.embed(["dimension check"]).shape[-1], ref.embed(["dimension check"]).shape[-1]
+        if dims[0] != dims[1]:
+            raise LeaninferError(f"--reference {reference!r} embeds in {dims[1]} dimensions, {model!r} at "
+                                 f"{ep.base_url} in {dims[0]}: no cosine between them (STS alone: drop --reference)")
+    result = {"target": f"{model} @ {ep.base_url}", "reference": reference,
+              **evaluate(target, ref, sts=sts, texts=read_texts(text) if text is not None else None)}
+    if prices is not None:
+        measured = {k: float(result[k]) for k in ENDPOINT_QUALITY if isinstance(result.get(k), (int, float))}
+        save_price_list(PriceList.model_validate({**prices.model_dump(), "quality": {**(prices.quality or {}),
+                                                                                      **measured}}), tariff)
+        result["tariff"] = str(tariff)
+    return result
+
+
 @app.command("eval")
 @user_errors
 def eval_cmd(
-    target: str = typer.Argument(..., help="model reference or artifact directory"),
+    target: str = typer.Argument(None, help="model reference or artifact directory (or --endpoint URL)"),
     reference: str = typer.Option(None, "--reference", help="compare against this model (e.g. the FP32 source)"),
     sts: Path = typer.Option(None, "--sts", help="STS CSV: sentence1,sentence2,score (no header)"),
     text: Path = typer.Option(None, "--text", help="text file: evaluation texts (one per line) or a document"),
     task: str = typer.Option(None, "--task"),
     device: str = typer.Option("cpu", "--device"),
+    endpoint: str = typer.Option(None, "--endpoint", help="evaluate the embeddings of an OpenAI-compatible "
+                                                          "endpoint instead of a local model (with --model)"),
+    model: str = typer.Option(None, "--model", help="--endpoint: the endpoint's model id"),
+    key_env: str = typer.Option(None, "--key-env", help="--endpoint: the environment variable holding its API key"),
+    tariff: Path = typer.Option(None, "--tariff", help="--endpoint: write the figures into this tariff file's "
+                                                       "quality (sts_spearman, sts_drop_pts vs --reference, "
+                                                       "mean_cosine_to_reference)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Quality of a model: cosine to a reference and STS Spearman (embeddings); perplexity, KL, top-1 (LMs)."""
+    if (target is None) == (endpoint is None):
+        raise LeaninferError("give a model reference (leaninfer eval MODEL) or an endpoint (--endpoint URL "
+                             "--model NAME), not both")
+    if endpoint is None and [f for f, v in {"--model": model, "--key-env": key_env, "--tariff": tariff}.items()
+                             if v is not None]:
+        raise LeaninferError("--model, --key-env and --tariff apply only with --endpoint URL")
     if sts is not None and not sts.is_file():
         raise LeaninferError(f"STS file {str(sts)!r} does not exist")
     if text is not None and not text.is_file():
         raise LeaninferError(f"text file {str(text)!r} does not exist")
-    tgt = load(target, task=task, device=device)
-    ref = load(reference, task=tgt.task, device=device) if reference else None
-    kwargs = {"sts": sts}
-    if text is not None:
-        kwargs |= {"texts": read_texts(text)} if tgt.task == "embedding" else {"text": text.read_text()}
-    result = {"target": target, "reference": reference, **evaluate(tgt, ref, **kwargs)}
+    if endpoint is not None:
+        result = _eval_endpoint(endpoint, model, reference, sts, text, task, device, key_env, tariff)
+        target = result["target"]
+    else:
+        tgt = load(target, task=task, device=device)
+        ref = load(reference, task=tgt.task, device=device) if reference else None
+        kwargs = {"sts": sts}
+        if text is not None:
+            kwargs |= {"texts": read_texts(text)} if tgt.task == "embedding" else {"text": text.read_text()}
+        result = {"target": target, "reference": reference, **evaluate(tgt, ref, **kwargs)}
     if as_json:
         print(json.dumps(result))
         return

@@ -11,9 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..data import read_texts
 from ..errors import LeaninferError
 from ..hardware import detect_local, hardware_listing, load_profiles
 from ..listing import DATA, NAME, TEXT, listing_table, print_listing
+from .endpoint.report import compare_markdown, compare_rows, load_tariffs
+from .endpoint.run import measure_endpoint
+from .endpoint.sweep import EndpointBenchConfig
 from .forecast import DEFAULT_MAX_UTILIZATION, forecast
 from .report import load_report
 from .runner import BenchConfig, recompute, run_bench
@@ -67,13 +71,49 @@ def register(app: typer.Typer, user_errors) -> None:
         min_time_s: float = _flag("min_time_s"),
         out_dir: Path = typer.Option(Path("leaninfer-out/bench"), "--out", help="report folder"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-        duration_s: float = typer.Option(None, "--duration-s", min=0.1, help="serve-cpu: seconds per load level"),
+        duration_s: float = typer.Option(None, "--duration-s", min=0.1, help="serve-cpu and --endpoint: seconds "
+                                                                           "per load level"),
         slo_e2e_ms: float = typer.Option(None, "--slo-e2e-ms", min=0, help="serve-cpu: goodput SLO, end-to-end "
                                                                            "latency (default per endpoint)"),
         slo_ttft_ms: float = typer.Option(None, "--slo-ttft-ms", min=0, help="serve-cpu: goodput SLO, time to "
                                                                              "first token (generation)"),
+        endpoint: str = typer.Option(None, "--endpoint", help="measure the tariff of this OpenAI-compatible "
+                                                              "endpoint (e.g. http://127.0.0.1:8000/v1) serving "
+                                                              "--model, priced at --hardware or --usd-per-hour"),
+        task: str = typer.Option(None, "--task", help="--endpoint: embedding or causal-lm (default: the "
+                                                      "endpoint's model card)"),
+        concurrency: str = typer.Option(None, "--concurrency", help="--endpoint: closed-loop client counts "
+                                                                    "(default 1,4,16,64)"),
+        texts: Path = typer.Option(None, "--texts", help="--endpoint: send these texts (one per line) instead "
+                                                         "of generated prompts"),
+        key_env: str = typer.Option(None, "--key-env", help="--endpoint: the environment variable holding the "
+                                                            "endpoint's API key"),
+        tariff_out: Path = typer.Option(None, "--tariff-out", help="--endpoint: the tariff file to write "
+                                                                   "(default OUT/tariff-<model>.yaml)"),
+        compare_tariffs: list[str] = typer.Option(None, "--compare-tariffs", help="tariff files (comma-separated "
+                                                  "or repeated) to set side by side, with --endpoint's or alone"),
     ):
-        """Measure variants against FP32 (each in a fresh process): latency, throughput, memory, cost, roofline."""
+        """Measure variants against FP32 (each in a fresh process): latency, throughput, memory, cost, roofline.
+
+        With --endpoint: a measured tariff ($ per 1K input and output tokens) of any OpenAI-compatible endpoint."""
+        compare = [f for v in compare_tariffs or [] for f in _csv(v) or []]
+        endpoint_only = {"--task": task, "--concurrency": concurrency, "--texts": texts, "--key-env": key_env,
+                         "--tariff-out": tariff_out}
+        if endpoint is not None or compare:
+            offline_only = {"--variants": variants, "--suite": suite, "--batch-sizes": batch_sizes,
+                            "--seq-lens": seq_lens, "--profiles": profiles, "--project-to": project_to,
+                            "--include-projected/--measured-only": include_projected,
+                            "--utilization": utilization, "--max-p95-ms": max_p95_ms, "--min-cosine": min_cosine,
+                            "--max-sts-drop": max_sts_drop, "--max-ppl-increase-pct": max_ppl_increase_pct,
+                            "--sts": sts, "--threads": threads, "--device": device, "--rounds": rounds,
+                            "--min-time-s": min_time_s, "--slo-e2e-ms": slo_e2e_ms, "--slo-ttft-ms": slo_ttft_ms}
+            _endpoint_bench(endpoint, model, task, hardware, usd_per_hour, concurrency, duration_s, prompt_tokens,
+                            gen_tokens, texts, key_env, tariff_out, compare, out_dir, as_json,
+                            [k for k, v in offline_only.items() if v is not None])
+            return
+        stray = [k for k, v in endpoint_only.items() if v is not None]
+        if stray:
+            raise LeaninferError(f"{', '.join(stray)} apply only with --endpoint URL")
         settings = get_suite(suite) if suite else {}
         given = {"model": model, "variants": _csv(variants), "batch_sizes": batch_sizes, "seq_lens": seq_lens,
                  "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "hardware": hardware,
@@ -107,6 +147,57 @@ def register(app: typer.Typer, user_errors) -> None:
             return
         out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
         console.print(f"[green]report[/] {out_dir.resolve() / 'report.md'} (raw samples in report.json)")
+
+    def _endpoint_bench(endpoint, model, task, hardware, usd_per_hour, concurrency, duration_s, prompt_tokens,
+                        gen_tokens, texts, key_env, tariff_out, compare, out_dir, as_json, others) -> None:
+        """``bench --endpoint`` (a measured tariff), or ``bench --compare-tariffs`` alone (the side-by-side table)."""
+        if others:
+            raise LeaninferError(f"{', '.join(others)} don't apply to --endpoint or --compare-tariffs (valid with "
+                                 "--endpoint: --model, --hardware, --usd-per-hour, --task, --concurrency, "
+                                 "--duration-s, --prompt-tokens, --gen-tokens, --texts, --key-env, --tariff-out, "
+                                 "--compare-tariffs, --out, --json)")
+        if endpoint is None:  # the comparison alone, priced for --prompt-tokens/--gen-tokens when given
+            stray = [f for f, v in {"--task": task, "--concurrency": concurrency, "--texts": texts,
+                                    "--key-env": key_env, "--tariff-out": tariff_out, "--model": model,
+                                    "--hardware": hardware, "--usd-per-hour": usd_per_hour,
+                                    "--duration-s": duration_s}.items() if v is not None]
+            if stray:
+                raise LeaninferError(f"{', '.join(stray)} apply only with --endpoint URL (--compare-tariffs alone "
+                                     "takes --prompt-tokens and --gen-tokens: a traffic shape to price)")
+            rows = compare_rows(load_tariffs(compare), prompt_tokens, gen_tokens or 0.0)
+            if as_json:
+                print(json.dumps(rows, default=str))
+                return
+            out.print("\n".join(compare_markdown(rows, prompt_tokens, gen_tokens or 0.0)), markup=False,
+                      highlight=False)
+            return
+        if model is None:
+            raise LeaninferError("--endpoint needs --model NAME: the endpoint's model id (its /v1/models lists them)")
+        if texts is not None and not texts.is_file():
+            raise LeaninferError(f"--texts {str(texts)!r} is not a file (one text per line)")
+        try:
+            levels = [int(c) for c in _csv(concurrency)] if concurrency is not None else None
+        except ValueError:
+            raise LeaninferError(f"--concurrency takes integers, e.g. 1,4,16,64; got {concurrency!r}") from None
+        given = {"endpoint": endpoint, "model": model, "task": task, "hardware": hardware,
+                 "usd_per_hour": usd_per_hour, "concurrency": levels, "duration_s": duration_s,
+                 "prompt_tokens": prompt_tokens, "max_tokens": gen_tokens,
+                 "texts": read_texts(texts) if texts is not None else None}
+        cfg = EndpointBenchConfig(**{k: v for k, v in given.items() if v is not None})
+        if cfg.texts == []:
+            raise LeaninferError(f"--texts {str(texts)!r} has no non-empty line")
+        with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as progress:
+            bar = progress.add_task("starting", total=None)
+            doc = measure_endpoint(cfg, out_dir, key_env=key_env, tariff_out=tariff_out, compare=compare,
+                                   argv=["leaninfer", *sys.argv[1:]],
+                                   on_event=lambda msg: progress.update(bar, description=msg))
+        if as_json:
+            print(json.dumps(doc, default=str))
+            return
+        out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
+        console.print(f"[green]tariff[/] {doc['meta']['tariff_file']}  [green]report[/] "
+                      f"{out_dir.resolve() / 'report.md'}")
 
     def _serve_load(cfg, out_dir: Path, as_json: bool) -> None:
         with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console,

@@ -37,7 +37,7 @@ def register(app: typer.Typer, user_errors) -> None:
         max_tokens: int = typer.Option(64, "--max-tokens", min=1),
         inputs_per_request: int = typer.Option(1, "--inputs-per-request", min=1),
         texts: Path = typer.Option(None, "--texts", exists=True, dir_okay=False,
-                                   help="embeddings: send these texts (one per line, request i takes line i) "
+                                   help="send these texts (one per line, request i takes line i) "
                                         "instead of --prompt-tokens words"),
         ignore_eos: bool = typer.Option(True, "--ignore-eos/--respect-eos", help="generate exactly max_tokens"),
         timeout_s: float = typer.Option(300.0, "--timeout-s", min=0.1),

@@ -3,7 +3,8 @@
 Closed loop (``concurrency``: N clients, each sends its next request when the previous one ends) or open
 loop (``rate``: Poisson arrivals at R requests/s, however the server keeps up). Generation requests are
 streamed so that time to first token and inter-token latency are measured at the client, as a user sees
-them. Token counts come from the server's ``usage`` (streaming asks for it with ``include_usage``).
+them. Token counts come from the server's ``usage`` (streaming asks for it with ``include_usage``), and so does
+the cost a leaninfer server meters for each request (``usage.leaninfer.cost_usd``): other engines send none.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Sample:
     output_tokens: int = 0
     status: int = 0
     error: str | None = None
+    cost_usd: float | None = None  # the server's meter (usage.leaninfer), where it sends one
+    cost_usd_input: float | None = None
 
 
 @dataclass
@@ -50,6 +53,10 @@ class LevelResult:
     ttft: Latency
     itl: Latency
     error_examples: list[str]
+    # The server's own meter summed over the answered requests (usage.leaninfer: a leaninfer server's busy engine
+    # time at its $/hour); None unless every answered request carried it.
+    metered_usd: float | None = None
+    metered_usd_input: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +83,21 @@ class LoadSpec:
     timeout_s: float = 300.0
     ignore_eos: bool = True
     api_key: str | None = None
-    texts: list[str] | None = None  # embeddings: request i sends texts[i % len] (one text each) instead of make_prompt
+    texts: list[str] | None = None  # request i sends texts[i % len] (one text each) instead of make_prompt
+    encoding_format: str | None = None  # embeddings: sent when set ("base64": what the openai client sends)
+
+
+def _metered(usage: dict) -> dict:
+    """The cost a leaninfer server put in ``usage.leaninfer`` (nothing from other engines)."""
+    extras = usage.get("leaninfer") if isinstance(usage, dict) else None
+    if not isinstance(extras, dict) or not isinstance(extras.get("cost_usd"), (int, float)):
+        return {}
+    return {"cost_usd": float(extras["cost_usd"]), "cost_usd_input": float(extras.get("cost_usd_input") or 0.0)}
+
+
+def _sum_metered(ok: list[Sample], attr: str) -> float | None:
+    values = [getattr(s, attr) for s in ok]
+    return sum(values) if ok and all(v is not None for v in values) else None
 
 
 async def one_request(client, spec: LoadSpec, i: int) -> Sample:
@@ -89,13 +110,16 @@ async def one_request(client, spec: LoadSpec, i: int) -> Sample:
                 inputs = [spec.texts[(i * spec.inputs_per_request + k) % n] for k in range(spec.inputs_per_request)]
             else:
                 inputs = [make_prompt(spec.prompt_tokens, i * 7919 + k) for k in range(spec.inputs_per_request)]
-            r = await client.post(f"{url}/embeddings", json={"model": spec.model, "input": inputs})
+            body = {"model": spec.model, "input": inputs}
+            if spec.encoding_format:
+                body["encoding_format"] = spec.encoding_format
+            r = await client.post(f"{url}/embeddings", json=body)
             end = time.perf_counter()
             if r.status_code != 200:
                 return Sample(False, start, end, status=r.status_code, error=r.text[:200])
             u = r.json().get("usage", {})
-            return Sample(True, start, end, input_tokens=u.get("prompt_tokens", 0), status=200)
-        prompt = make_prompt(spec.prompt_tokens, i)
+            return Sample(True, start, end, input_tokens=u.get("prompt_tokens", 0), status=200, **_metered(u))
+        prompt = spec.texts[i % len(spec.texts)] if spec.texts else make_prompt(spec.prompt_tokens, i)
         body = {"model": spec.model, "max_tokens": spec.max_tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}, "ignore_eos": spec.ignore_eos}
         if spec.endpoint == "chat":
@@ -125,6 +149,8 @@ async def one_request(client, spec: LoadSpec, i: int) -> Sample:
                 if obj.get("usage"):
                     s.input_tokens = obj["usage"].get("prompt_tokens", 0)
                     s.output_tokens = obj["usage"].get("completion_tokens", 0)
+                    for k, v in _metered(obj["usage"]).items():
+                        setattr(s, k, v)
                 for c in obj.get("choices", []):
                     text = c.get("text") or (c.get("delta") or {}).get("content")
                     if text:
@@ -183,7 +209,8 @@ async def run_level(spec: LoadSpec, mode: str, level: float) -> LevelResult:
         e2e=Latency.from_samples(s.end - s.start for s in ok),
         ttft=Latency.from_samples(s.ttft_s for s in ok if s.ttft_s is not None),
         itl=Latency.from_samples(x for s in ok for x in s.itl_s),
-        error_examples=sorted({f"{s.status}: {s.error}" for s in samples if not s.ok})[:3])
+        error_examples=sorted({f"{s.status}: {s.error}" for s in samples if not s.ok})[:3],
+        metered_usd=_sum_metered(ok, "cost_usd"), metered_usd_input=_sum_metered(ok, "cost_usd_input"))
 
 
 def run_load(spec: LoadSpec, concurrency: list[int] | None = None, rates: list[float] | None = None,
@@ -205,12 +232,28 @@ def run_load(spec: LoadSpec, concurrency: list[int] | None = None, rates: list[f
             if on_level:
                 on_level(res)
 
+    run_async(main)
+    return results
+
+
+def run_async(main) -> None:
+    """``asyncio.run(main())``, also from a running loop (a notebook): then in a thread with its own loop; an
+    exception raised by ``main`` is raised here either way."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         asyncio.run(main())
-    else:  # called from a running loop (a notebook): run in a thread with its own loop
-        t = threading.Thread(target=lambda: asyncio.run(main()))
-        t.start()
-        t.join()
-    return results
+        return
+    failed: list[BaseException] = []
+
+    def target():
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # handed to the caller's thread
+            failed.append(e)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if failed:
+        raise failed[0]

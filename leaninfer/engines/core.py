@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models.runner import Runner
+from ..models.runner import PromptScores, Runner
+from .logprobs import TokenLogprob, prompt_logprobs, token_logprob
 
 # --------------------------------------------------------------------------------------------------------
 # Embeddings: dynamic batching
@@ -363,6 +364,10 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    # log-probabilities: of each sampled token with its ``logprobs`` most likely alternatives (None: none),
+    # and of the prompt's tokens with ``prompt_logprobs`` alternatives each (None: the prompt is not scored)
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -481,6 +486,9 @@ class GenEvent:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token of ``tokens``, when the request asked
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on a sequence's first event, when asked
+    index: int = 0  # which of a request's ``n`` sequences (set by whoever submitted it)
 
 
 @dataclass
@@ -501,6 +509,8 @@ class GenSequence:
     cancelled: bool = False
     finish_reason: str | None = None
     output: list[int] = field(default_factory=list)
+    group: object | None = None  # the ``n`` sequences of one request share it (and the prefill of their prompt)
+    _prompt_lp: list[TokenLogprob | None] | None = None  # scored at prefill, sent with the first event
     _sampler: Sampler | None = None
     _tracker: TextTracker | None = None
     _next: int | None = None  # sampled but not yet fed to the model
@@ -612,16 +622,73 @@ class GenerationScheduler:
         return new
 
     def _prefill(self, new: list[GenSequence]) -> None:
+        """Prefill the admitted sequences in one call. The ``n`` sequences of one request (one ``group``, one
+        prompt) admitted together are prefilled once: the others copy its row (``Runner.fork``) and its
+        logits, and share its engine time. Prompts are scored in the same call where asked (echo with
+        logprobs); a sequence with ``max_tokens == 0`` ends after it (it only wanted its prompt scored)."""
         t0 = self.clock()
-        ok, logits = self._prefill_isolating(new, [s.prompt for s in new])
+        leaders, followers = self._group(new)
+        top = [s.params.prompt_logprobs for s in leaders]
+        ok, logits, scores = self._prefill_isolating(leaders, [s.prompt for s in leaders],
+                                                     top if any(k is not None for k in top) else None)
+        rows, members, forked = [], [], []
+        prefilled = {s.id for s in ok}
+        for s in leaders:  # the copies of a prompt that failed fail with it
+            if s.id not in prefilled:
+                for f in followers.get(s.id, []):
+                    self._finish(f, "error", error=s.finish_reason and f"the prefill failed: {s.finish_reason}")
+        for k, s in enumerate(ok):
+            fs = followers.get(s.id, [])
+            if fs:
+                try:
+                    self.runner.fork(s.id, [f.id for f in fs])
+                except Exception as e:
+                    for f in fs:
+                        self._finish(f, "error", error=f"{type(e).__name__}: {e}")
+                    fs = []
+            members.append([s, *fs])
+            forked.extend(fs)
+            score = scores[k] if scores is not None else None
+            for q in (s, *fs):
+                q._prompt_lp = prompt_logprobs(q.prompt, score) if score is not None else None
         dt = self.clock() - t0
-        for s, share in zip(ok, split_cost(dt, [len(s.prompt) for s in ok]), strict=True):
-            s.busy_prefill_s += share
-            self.running[s.id] = s
+        for group, share in zip(members, split_cost(dt, [len(g[0].prompt) for g in members]), strict=True):
+            for q in group:
+                q.busy_prefill_s += share / len(group)
+        # into ``running`` in the runner's row order (leaders, then the copies): decode needs no reordering
+        for q in [*ok, *forked]:
+            self.running[q.id] = q
         if self.on_step:
             self.on_step("prefill", dt, len(new))
-        if ok:
-            self._advance(ok, logits)
+        lead_rows = {s.id: logits[k] for k, s in enumerate(ok)}
+        for group in members:
+            rows.extend((q, lead_rows[group[0].id]) for q in group)
+        # ordered as ``running``, so that ``_advance`` sees the rows in the order they were added
+        order = {q.id: i for i, q in enumerate([*ok, *forked])}
+        rows.sort(key=lambda r: order[r[0].id])
+        scored_only = [q for q, _ in rows if q.params.max_tokens == 0]
+        for q in scored_only:
+            plp, q._prompt_lp = q._prompt_lp, None
+            self._finish(q, "length", prompt_logprobs=plp)
+        rows = [(q, row) for q, row in rows if q.params.max_tokens > 0]
+        if rows:
+            self._advance([q for q, _ in rows], np.stack([row for _, row in rows]))
+
+    def _group(self, new: list[GenSequence]) -> tuple[list[GenSequence], dict[int, list[GenSequence]]]:
+        """The sequences to prefill (one per request's group and prompt), and leader id -> the copies of it."""
+        leaders: list[GenSequence] = []
+        followers: dict[int, list[GenSequence]] = {}
+        first: dict[int, GenSequence] = {}
+        can_fork = callable(getattr(self.runner, "fork", None))
+        for s in new:
+            lead = first.get(id(s.group)) if s.group is not None and can_fork else None
+            if lead is not None and lead.prompt == s.prompt and lead.params.prompt_logprobs == s.params.prompt_logprobs:
+                followers.setdefault(lead.id, []).append(s)
+                continue
+            leaders.append(s)
+            if s.group is not None:
+                first.setdefault(id(s.group), s)
+        return leaders, followers
 
     def _decode(self, seqs: list[GenSequence]) -> None:
         t0 = self.clock()
@@ -632,7 +699,7 @@ class GenerationScheduler:
             # prefill each again from prompt + output (whose last token is the one this step fed), which gives
             # the logits the step would have. Only the rows that fail even alone fail.
             self._release_quietly([s.id for s in seqs])
-            seqs, logits = self._prefill_isolating(seqs, [s.prompt + s.output for s in seqs])
+            seqs, logits, _ = self._prefill_isolating(seqs, [s.prompt + s.output for s in seqs])
         dt = self.clock() - t0
         for s in seqs:
             s.busy_decode_s += dt / max(len(seqs), 1)
@@ -643,27 +710,34 @@ class GenerationScheduler:
             self.on_step("decode", dt, len(seqs))
         self._advance(seqs, logits)
 
-    def _prefill_isolating(self, seqs: list[GenSequence],
-                           prompts: list[list[int]]) -> tuple[list[GenSequence], np.ndarray | None]:
+    def _prefill_isolating(self, seqs: list[GenSequence], prompts: list[list[int]],
+                           top: list[int | None] | None = None
+                           ) -> tuple[list[GenSequence], np.ndarray | None, list[PromptScores | None] | None]:
         """Prefill ``seqs`` in one call; if it fails, one by one, so that only a row failing alone fails.
 
-        Returns the rows now in the runner and their logits. A failed call may leave its rows half-added,
-        so they are released before the retry. The good rows pay a second prefill on this path only.
+        Returns the rows now in the runner, their logits, and their prompts' scores where ``top`` asks for
+        them (``Runner.prefill_scoring``; None when ``top`` is None). A failed call may leave its rows
+        half-added, so they are released before the retry. The good rows pay a second prefill on this path only.
         """
         try:
-            return seqs, self.runner.prefill([s.id for s in seqs], prompts)
+            ids = [s.id for s in seqs]
+            if top is None:
+                return seqs, self.runner.prefill(ids, prompts), None
+            logits, scores = self.runner.prefill_scoring(ids, prompts, top)
+            return seqs, logits, scores
         except Exception as e:
             self._release_quietly([s.id for s in seqs])
             if len(seqs) == 1:
                 self._finish(seqs[0], "error", error=f"{type(e).__name__}: {e}")
-                return [], None
-        ok, rows = [], []
-        for s, prompt in zip(seqs, prompts, strict=True):
-            got, logits = self._prefill_isolating([s], [prompt])
+                return [], None, None
+        ok, rows, scores = [], [], []
+        for k, (s, prompt) in enumerate(zip(seqs, prompts, strict=True)):
+            got, logits, score = self._prefill_isolating([s], [prompt], None if top is None else [top[k]])
             if got:
                 ok.append(s)
                 rows.append(logits[0])
-        return ok, (np.stack(rows) if rows else None)
+                scores.append(None if score is None else score[0])
+        return ok, (np.stack(rows) if rows else None), (None if top is None else scores)
 
     def _release_quietly(self, ids: list[int]) -> None:
         try:
@@ -676,6 +750,9 @@ class GenerationScheduler:
         for s, row in zip(seqs, logits, strict=True):
             try:
                 tok = s._sampler.sample(row)
+                # read off the row the token was sampled from: no second pass
+                lp = None if s.params.logprobs is None else [token_logprob(row, tok, s.params.logprobs)]
+                plp, s._prompt_lp = s._prompt_lp, None
                 s.output.append(tok)
                 s.first_token_at = s.first_token_at or now
                 is_eos = tok == self.eos_token_id and not s.params.ignore_eos
@@ -687,15 +764,16 @@ class GenerationScheduler:
                     reason = "length"
                 if reason:
                     text += s._tracker.flush()
-                    self._finish(s, reason, text=text, tokens=[tok])
+                    self._finish(s, reason, text=text, tokens=[tok], logprobs=lp, prompt_logprobs=plp)
                 else:
                     s._next = tok
-                    s.on_event(s, GenEvent(text=text, tokens=[tok]))
+                    s.on_event(s, GenEvent(text=text, tokens=[tok], logprobs=lp, prompt_logprobs=plp))
             except Exception as e:  # a failing request never fails its neighbours
                 self._finish(s, "error", error=f"{type(e).__name__}: {e}")
 
     def _finish(self, seq: GenSequence, reason: str, text: str = "", tokens: list[int] | None = None,
-                error: str | None = None) -> None:
+                error: str | None = None, logprobs: list[TokenLogprob] | None = None,
+                prompt_logprobs: list[TokenLogprob | None] | None = None) -> None:
         if seq.finish_reason is not None:
             return
         seq.finish_reason = reason
@@ -703,7 +781,8 @@ class GenerationScheduler:
         if self.running.pop(seq.id, None) is not None:
             self._leaving.append(seq.id)  # released with the others of this step: see _release_leaving
         try:
-            seq.on_event(seq, GenEvent(text=text, tokens=tokens or [], finish_reason=reason, error=error))
+            seq.on_event(seq, GenEvent(text=text, tokens=tokens or [], finish_reason=reason, error=error,
+                                       logprobs=logprobs, prompt_logprobs=prompt_logprobs))
         except Exception:
             pass
 

@@ -11,6 +11,7 @@ queue (embeddings: one call per model call, settling all the requests it finishe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -530,14 +531,27 @@ def _set_exc(fut: asyncio.Future, exc: Exception) -> None:
 
 
 class GenerationHandle:
-    """One generation request as seen from the event loop: an async iterator of :class:`GenEvent`."""
+    """One generation request as seen from the event loop: an async iterator of :class:`GenEvent` over its
+    ``n`` sequences (``ev.index`` says whose), ending once every one of them has finished."""
 
-    def __init__(self, engine: GenerationEngine, seq: GenSequence, queue: asyncio.Queue):
-        self.engine, self.seq, self.queue = engine, seq, queue
+    def __init__(self, engine: GenerationEngine, seqs: list[GenSequence], queue: asyncio.Queue):
+        self.engine, self.seqs, self.queue = engine, seqs, queue
+        self._open = len(seqs)
+
+    @property
+    def seq(self) -> GenSequence:
+        """The first sequence (the only one when ``n == 1``)."""
+        return self.seqs[0]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(len(s.output) for s in self.seqs)
 
     def cancel(self) -> None:
-        if self.seq.finish_reason is None:
-            self.engine.scheduler.cancel(self.seq)
+        live = [s for s in self.seqs if s.finish_reason is None]
+        for s in live:
+            self.engine.scheduler.cancel(s)
+        if live:
             self.engine.wake()
 
     def __aiter__(self):
@@ -548,15 +562,22 @@ class GenerationHandle:
             raise StopAsyncIteration
         ev = await self.queue.get()
         if ev.finish_reason is not None:
-            self.queue = None
+            self._open -= 1
+            if self._open == 0:
+                self.queue = None
         return ev
 
     def meter(self) -> Meter:
-        s = self.seq
-        end = s.finished_at or time.perf_counter()
+        """The request's cost: the engine time of all its sequences; its waits and latencies from the first."""
+        seqs = self.seqs
+        s = seqs[0]
+        ends = [q.finished_at for q in seqs]
+        end = max(ends) if all(ends) else time.perf_counter()
+        firsts = [q.first_token_at for q in seqs if q.first_token_at]
         return Meter(queue_s=s.queue_s, duration_s=end - s.enqueued_at,
-                     ttft_s=(s.first_token_at - s.enqueued_at) if s.first_token_at else None,
-                     busy_prefill_s=s.busy_prefill_s, busy_decode_s=s.busy_decode_s, usd_per_hour=self.usd_per_hour)
+                     ttft_s=(min(firsts) - s.enqueued_at) if firsts else None,
+                     busy_prefill_s=sum(q.busy_prefill_s for q in seqs),
+                     busy_decode_s=sum(q.busy_decode_s for q in seqs), usd_per_hour=self.usd_per_hour)
 
     @property
     def usd_per_hour(self) -> float:
@@ -586,39 +607,48 @@ class GenerationEngine(_EngineBase):
         with self._cv:
             self._cv.notify()
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> GenerationHandle:
+    def submit(self, prompt: list[int], params: SamplingParams, n: int = 1) -> GenerationHandle:
+        """Queue ``n`` continuations of ``prompt`` (one request's ``n``): they share its prefill where they are
+        admitted together, and sequence ``i`` samples with ``seed + i`` (each its own stream)."""
         self._check_accepting()
         waiting = self.waiting()
         if waiting >= self.config.max_queue:
             raise queue_full(self.name, waiting)
         queued = self.scheduler.waiting_tokens() if waiting else 0
-        if waiting and queued + len(prompt) + params.max_tokens > self.config.max_queue_tokens:
+        if waiting and queued + len(prompt) + n * params.max_tokens > self.config.max_queue_tokens:
             raise queue_tokens_full(self.name, queued, self.config.max_queue_tokens)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         itl = self.metrics.itl.labels(self.name)
-        last_token_at = None
+        index: dict[int, int] = {}  # id(sequence) -> its place among the n
+        last_token_at: dict[int, float] = {}  # ... -> when its last token came out
 
         def on_event(seq: GenSequence, ev: GenEvent) -> None:  # engine thread
-            # One ITL observation per inter-token gap, taken as the tokens come out of the engine: a
-            # per-request mean would hide the stalls that ITL percentiles exist to show.
-            nonlocal last_token_at
+            # One ITL observation per inter-token gap of each sequence, taken as the tokens come out of the
+            # engine: a per-request mean would hide the stalls that ITL percentiles exist to show.
+            ev.index = i = index[id(seq)]
             if ev.tokens:
                 now = time.perf_counter()
-                if last_token_at is not None:
+                if i in last_token_at:
                     for _ in ev.tokens:
-                        itl.observe((now - last_token_at) / len(ev.tokens))
-                last_token_at = now
+                        itl.observe((now - last_token_at[i]) / len(ev.tokens))
+                last_token_at[i] = now
             loop.call_soon_threadsafe(queue.put_nowait, ev)
 
-        seq = GenSequence(prompt=list(prompt), params=params, on_event=on_event, decode_text=self.decode_text,
-                          enqueued_at=time.perf_counter())
+        group = object() if n > 1 else None
+        now = time.perf_counter()
+        seqs = [GenSequence(prompt=list(prompt), on_event=on_event, decode_text=self.decode_text, enqueued_at=now,
+                            group=group, params=params if params.seed is None or i == 0
+                            else dataclasses.replace(params, seed=params.seed + i))
+                for i in range(n)]
+        index.update((id(q), i) for i, q in enumerate(seqs))
         with self._cv:  # checked again under the lock: a thread that died since must not get the sequence
             self._check_accepting()
-            self.scheduler.submit(seq)
+            for q in seqs:
+                self.scheduler.submit(q)
         self.metrics.queue_depth.labels(self.name).set(self.waiting())
         self.wake()
-        return GenerationHandle(self, seq, queue)
+        return GenerationHandle(self, seqs, queue)
 
     def _on_step(self, kind: str, seconds: float, rows: int) -> None:
         self._record_busy(seconds)

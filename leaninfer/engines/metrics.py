@@ -72,10 +72,9 @@ class ServerMetrics:
         self.queue_time.labels(model).observe(meter.queue_s)
         self.cost.labels(model).inc(meter.to_dict()["cost_usd"])
 
-    def observe_generation(self, model: str, n_prompt: int, seq, meter) -> None:
-        """A finished (or stopped) generation: its tokens, latencies and cost (``seq``: its ``GenSequence``).
-        Inter-token latency is not here: the engine observes it per token, as tokens come."""
-        n_out = len(seq.output)
+    def observe_generation(self, model: str, n_prompt: int, n_out: int, meter) -> None:
+        """A finished (or stopped) generation: its tokens (``n_out``: of all its ``n`` sequences), latencies
+        and cost. Inter-token latency is not here: the engine observes it per token, as tokens come."""
         self.input_tokens.labels(model).inc(n_prompt)
         self.output_tokens.labels(model).inc(n_out)
         self.queue_time.labels(model).observe(meter.queue_s)

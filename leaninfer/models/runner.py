@@ -11,9 +11,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """A prompt's tokens scored by the prefill that read it: for each token after the first, its
+    log-probability given the tokens before it, and the ``k`` most likely tokens at that position (best first).
+    Arrays of ``len(prompt) - 1`` rows."""
+
+    token_logprobs: np.ndarray  # float32 [L-1]
+    top_ids: np.ndarray  # int64 [L-1, k]
+    top_logprobs: np.ndarray  # float32 [L-1, k]
 
 
 class Runner(Protocol):
@@ -23,15 +35,43 @@ class Runner(Protocol):
     token to each given running sequence and returns the next logits; ``release`` drops sequences.
     Logits are float32 arrays [n, vocab] in the order of the ids given. ``has_cache`` says whether a decode
     step costs one token (True) or the whole prefix (False).
+
+    ``prefill_scoring`` is ``prefill`` that also scores the prompts of the rows whose ``top`` is not None
+    (echo with logprobs): the same call, with the LM head over every prompt position instead of the last one.
+    ``fork`` adds rows that copy a running row (``n`` continuations of one prompt share its prefill).
     """
 
     has_cache: bool
 
     def prefill(self, seq_ids: list[int], prompts: list[list[int]]) -> np.ndarray: ...
 
+    def prefill_scoring(self, seq_ids: list[int], prompts: list[list[int]],
+                        top: Sequence[int | None]) -> tuple[np.ndarray, list[PromptScores | None]]: ...
+
+    def fork(self, seq_id: int, new_ids: list[int]) -> None: ...
+
     def decode(self, seq_ids: list[int], tokens: list[int]) -> np.ndarray: ...
 
     def release(self, seq_ids: list[int]) -> None: ...
+
+
+def score_prompt(logits: np.ndarray, prompt: Sequence[int], k: int) -> PromptScores:
+    """Score ``prompt`` from the logits of its own positions ([len(prompt), vocab], float32): position i
+    predicts token i + 1. ``log_softmax`` in float32 with a max shift, as ``torch.log_softmax`` computes it."""
+    x = np.asarray(logits[: len(prompt) - 1], dtype=np.float32)
+    m = x.max(axis=-1, keepdims=True)
+    logp = x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+    nxt = np.asarray(prompt[1:], dtype=np.int64)
+    token_lp = logp[np.arange(len(nxt)), nxt] if len(nxt) else np.zeros(0, np.float32)
+    k = min(max(k, 0), logp.shape[-1])
+    if k and len(nxt):
+        part = np.argpartition(-logp, k - 1, axis=-1)[:, :k]
+        vals = np.take_along_axis(logp, part, axis=-1)
+        order = np.lexsort((part, -vals), axis=-1)  # best first, ties by the lower id
+        top_ids, top_lp = np.take_along_axis(part, order, -1), np.take_along_axis(vals, order, -1)
+    else:
+        top_ids, top_lp = np.zeros((len(nxt), 0), np.int64), np.zeros((len(nxt), 0), np.float32)
+    return PromptScores(token_lp.astype(np.float32), top_ids.astype(np.int64), top_lp.astype(np.float32))
 
 
 def pad_left_or_right(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> dict[str, np.ndarray]:
@@ -59,18 +99,34 @@ class RecomputeRunner:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.seqs: dict[int, list[int]] = {}
 
-    def _last_logits(self, seq_ids):
+    def _all_logits(self, seq_ids):
         # Right padding: exported graphs may derive positions from the start of the row, and causal attention
-        # keeps padding at the end from touching the real tokens. Each row's logits come from its last token.
+        # keeps padding at the end from touching the real tokens.
         seqs = [self.seqs[s] for s in seq_ids]
         enc = pad_left_or_right(seqs, self.pad_id, left=False)
-        logits = np.asarray(self.model.logits_batch(enc))
+        return seqs, np.asarray(self.model.logits_batch(enc))
+
+    def _last_logits(self, seq_ids):
+        seqs, logits = self._all_logits(seq_ids)  # each row's logits come from its last token
         return logits[np.arange(len(seqs)), [len(s) - 1 for s in seqs], :]
 
     def prefill(self, seq_ids, prompts):
         for s, p in zip(seq_ids, prompts, strict=True):
             self.seqs[s] = list(p)
         return self._last_logits(seq_ids)
+
+    def prefill_scoring(self, seq_ids, prompts, top):
+        for s, p in zip(seq_ids, prompts, strict=True):
+            self.seqs[s] = list(p)
+        seqs, logits = self._all_logits(seq_ids)  # the backend computes every position anyway
+        last = logits[np.arange(len(seqs)), [len(s) - 1 for s in seqs], :]
+        scores = [None if k is None else score_prompt(logits[r, :len(p)], p, k)
+                  for r, (p, k) in enumerate(zip(prompts, top, strict=True))]
+        return last, scores
+
+    def fork(self, seq_id, new_ids):
+        for s in new_ids:
+            self.seqs[s] = list(self.seqs[seq_id])
 
     def decode(self, seq_ids, tokens):
         for s, t in zip(seq_ids, tokens, strict=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .kv_cache import growing_cache
-from .runner import pad_left_or_right
+from .runner import pad_left_or_right, score_prompt
 
 
 class KVCacheRunner:
@@ -55,21 +55,38 @@ class KVCacheRunner:
         logits, self.cache = self._forward(ids, mask, pos, self.cache)
         return logits
 
-    def _forward(self, input_ids, attention_mask, position_ids, cache):
+    def _forward(self, input_ids, attention_mask, position_ids, cache, every_position: bool = False):
         with self.torch.inference_mode():
-            # logits for the last position only: the LM head over every prompt position is wasted work.
+            # Logits for the last position only, unless a prompt is scored: the LM head over every prompt
+            # position is otherwise wasted work.
             out = self.module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              cache=cache, use_cache=True, logits_to_keep=1)  # `cache`: transformers 5 name
+                              cache=cache, use_cache=True,
+                              logits_to_keep=0 if every_position else 1)  # `cache`: transformers 5 name
+        if every_position:
+            return out.logits.float(), out.cache
         return out.logits[:, -1, :].float(), out.cache
 
     # -- Runner -------------------------------------------------------------------------------------------
     def prefill(self, seq_ids, prompts):
+        return self._prefill(seq_ids, prompts, None)[0]
+
+    def prefill_scoring(self, seq_ids, prompts, top):
+        return self._prefill(seq_ids, prompts, list(top))
+
+    def _prefill(self, seq_ids, prompts, top):
         torch = self.torch
         enc = pad_left_or_right(prompts, self.pad_id, left=True)
         ids = torch.from_numpy(enc["input_ids"]).to(self.device)
         mask = torch.from_numpy(enc["attention_mask"]).to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(ids, mask, pos, self.DynamicCache())
+        scoring = top is not None and any(k is not None for k in top)
+        logits, cache = self._forward(ids, mask, pos, self.DynamicCache(), every_position=scoring)
+        scores = None
+        if scoring:  # left padding: row r's prompt sits in the last len(prompt) columns
+            w = ids.shape[1]
+            scores = [None if k is None else score_prompt(logits[r, w - len(p):].cpu().numpy(), p, k)
+                      for r, (p, k) in enumerate(zip(prompts, top, strict=True))]
+            logits = logits[:, -1, :]
         new_len = torch.tensor([len(p) for p in prompts], dtype=torch.long)
         new_pad = ids.shape[1] - new_len
         new_kv = self._kv(cache)
@@ -84,7 +101,20 @@ class KVCacheRunner:
             length = torch.cat([self.length, new_len])
         self.ids, self.pad, self.length = self.ids + list(seq_ids), pad, length
         self._set_kv(kv)
-        return logits.cpu().numpy()
+        return logits.cpu().numpy(), scores
+
+    def fork(self, seq_id, new_ids):
+        """Add ``new_ids`` as copies of the running row ``seq_id`` (its cache, padding and length)."""
+        if not new_ids:
+            return
+        torch = self.torch
+        row = self.ids.index(seq_id)
+        idx = torch.tensor([row] * len(new_ids), dtype=torch.long)
+        kv = [(torch.cat([k, k[idx.to(k.device)]]), torch.cat([v, v[idx.to(v.device)]]))
+              for k, v in self._current_kv()]
+        self.ids = self.ids + list(new_ids)
+        self.pad, self.length = torch.cat([self.pad, self.pad[idx]]), torch.cat([self.length, self.length[idx]])
+        self._set_kv(kv)
 
     def decode(self, seq_ids, tokens):
         torch = self.torch

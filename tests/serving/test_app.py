@@ -123,11 +123,11 @@ ERRORS = [
     (json.dumps({"model": "tiny-gpt2", "input": "a"}), 400, "wrong_task"),
 ]
 GEN_ERRORS = [
-    ({"model": "tiny-gpt2", "prompt": "a", "max_tokens": 0}, 400, "invalid_value"),
+    ({"model": "tiny-gpt2", "prompt": "a", "max_tokens": -1}, 400, "invalid_value"),
     ({"model": "tiny-gpt2", "prompt": "a", "max_tokens": 10**6}, 400, "context_length_exceeded"),
     ({"model": "tiny-gpt2", "prompt": "a", "temperature": -1}, 400, "invalid_value"),
     ({"model": "tiny-gpt2", "prompt": "a", "top_p": 0}, 400, "invalid_value"),
-    ({"model": "tiny-gpt2", "prompt": "a", "n": 2}, 400, "invalid_value"),
+    ({"model": "tiny-gpt2", "prompt": "a", "n": 17}, 400, "invalid_value"),
     ({"model": "tiny-gpt2", "prompt": "a", "stop": ["a"] * 9}, 400, "invalid_value"),
     ({"model": "tiny-gpt2", "prompt": ["a", "b"]}, 400, "invalid_value"),
     ({"model": "tiny-gpt2", "prompt": []}, 400, "invalid_value"),

@@ -49,8 +49,7 @@ RANGES = [  # (endpoint, field, bad value, what the message says is valid)
     ("comp", "top_p", 0, "greater than 0"),
     ("comp", "top_p", 1.5, "1"),
     ("chat", "top_p", -1, "greater than 0"),
-    ("comp", "max_tokens", 0, "1"),
-    ("comp", "max_tokens", -5, "1"),
+    ("comp", "max_tokens", -5, "0"),  # 0 is served (the prompt scored alone, with echo and logprobs)
     ("comp", "max_tokens", 2**40, "2147483647"),
     ("chat", "max_completion_tokens", 0, "1"),
     ("chat", "presence_penalty", 3, "2"),
@@ -195,16 +194,15 @@ UNSUPPORTED = [
     ("chat", "tool_choice", "required"),
     ("chat", "functions", [{"name": "f"}]),
     ("chat", "function_call", {"name": "f"}),
-    ("chat", "logprobs", True),
-    ("chat", "top_logprobs", 3),
-    ("chat", "n", 2),
+    ("chat", "top_logprobs", 3),  # served with logprobs: true only
+    ("chat", "n", 17),  # at most 16
     ("chat", "modalities", ["text", "audio"]),
     ("chat", "audio", {"voice": "alloy"}),
     ("chat", "prediction", {"type": "content", "content": "x"}),
-    ("comp", "logprobs", 2),
-    ("comp", "best_of", 3),
+    ("comp", "logprobs", 21),  # 0-20
+    ("comp", "best_of", 17),
     ("comp", "suffix", "end"),
-    ("comp", "n", 3),
+    ("comp", "n", 17),
 ]
 
 

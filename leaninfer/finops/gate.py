@@ -9,8 +9,10 @@
 3. per candidate, best first (routing and fallback live here and nowhere else): ``plan(variant)`` prepares
    and validates the work (tokenize, context and parameter checks: whatever can refuse a request refuses it
    before compute); tokens per minute and the budget reservation of the worst case (429); the response
-   cache; then ``plan.start()`` hands the work to the engine. An engine that is overloaded (one of the
-   ``fallback_on`` errors) releases the reservation and the next candidate is tried.
+   cache; then ``plan.start()`` hands the work to the engine (awaited when it returns an awaitable: an
+   upstream engine's answer begins over the network). An engine that is overloaded or down (one of the
+   ``fallback_on`` errors) releases the reservation and the next candidate is tried; each such attempt is
+   named in the ledger row's ``attempts`` (``name:code``, in order).
 
 A refusal raised inside ``admit`` has been recorded already (its ledger row written): the caller only answers
 it. An :class:`Admission` returned must be closed by the caller, with the status it answered.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import time
@@ -34,7 +37,6 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from ..cost import usd_for_busy_seconds
 from ..errors import LeaninferError
 from .alerts import PrometheusSink, SpendWatch, WebhookSink, log_sink
 from .budgets import BudgetBook, BudgetExceeded, Reservation
@@ -44,7 +46,7 @@ from .keys import KeyRecord, key_id_of, matches
 from .ledger import LedgerRow
 from .ledger_writer import LedgerWriter
 from .metrics import FinOpsMetrics
-from .money import to_nano, to_usd
+from .money import to_usd
 from .rate_limits import RateLimited, RateLimits
 from .refusals import GovernanceUnavailable, InvalidKey, NotAllowed, Refusal, UnknownModel, WrongTask
 from .routing import Router
@@ -108,7 +110,7 @@ class Plan:
     input_tokens: int
     max_output_tokens: int
     cache_params: dict | None
-    start: Callable[[], Any]
+    start: Callable[[], Any]  # the work, or an awaitable of it
 
 
 @dataclass
@@ -311,9 +313,13 @@ class Gate:
             if await self._cached(adm, p):
                 return
             try:
-                adm.work = p.start()
+                work = p.start()
+                adm.work = (await work) if inspect.isawaitable(work) else work
                 return
-            except self.fallback_on:
+            except self.fallback_on as e:
+                if row is not None:
+                    tried = f"{v.name}:{getattr(e, 'code', type(e).__name__)}"
+                    row.attempts = f"{row.attempts},{tried}" if row.attempts else tried
                 if i + 1 == len(candidates):
                     raise
                 await self._release_reservation(adm)
@@ -393,9 +399,8 @@ class Gate:
         row, v = adm.row, adm.variant
         if row is None:  # an open server: the engine's own figures
             return meter.to_dict()
-        price = v.tariff.usd_per_hour
-        cost_in = to_nano(usd_for_busy_seconds(price, meter.busy_prefill_s))
-        cost_out = to_nano(usd_for_busy_seconds(price, meter.busy_decode_s))
+        cost_in, cost_out = v.tariff.cost_nusd(input_tokens, output_tokens, meter.busy_prefill_s,
+                                               meter.busy_decode_s)
         tokens = input_tokens + output_tokens
         if not adm.metered:
             adm.metered = True
@@ -422,6 +427,8 @@ class Gate:
         out = {"request_id": adm.request_id, "variant": adm.variant.name, "variant_hash": adm.variant.hash}
         if adm.route:
             out["route"] = adm.route
+        if adm.row is not None and adm.row.attempts:
+            out["attempts"] = adm.row.attempts.split(",")
         return out
 
     def _fp32_counterfactual(self, v: Variant, input_tokens: int, output_tokens: int, charged: int) -> int | None:

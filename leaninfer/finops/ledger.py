@@ -44,6 +44,7 @@ class LedgerRow:
     route: str = ""  # the route that chose served_model, "" when the client named a model
     fp32_cost_nusd: int | None = None
     routing_saved_nusd: int = 0
+    attempts: str = ""  # candidates tried before served_model that could not take it, "name:code,...", in order
 
     def to_record(self) -> dict:
         # Not dataclasses.asdict: it deep-copies every value, and the ledger thread does this per row while

@@ -66,6 +66,18 @@ class PriceList(BaseModel):
         return to_nano((input_tokens * self.usd_per_1k_input_tokens
                         + output_tokens * self.usd_per_1k_output_tokens) / 1000)
 
+    def nusd_parts(self, input_tokens: int, output_tokens: int) -> tuple[int, int]:
+        """What the input and the output tokens of a request cost, each in nano-dollars: the two figures a
+        ledger row keeps (their sum is within a nano-dollar of :meth:`nusd`).
+
+        Example:
+            >>> PriceList(model="m", usd_per_1k_input_tokens=0.5, usd_per_1k_output_tokens=1.5,
+            ...           source="list").nusd_parts(10, 4)
+            (5000000, 6000000)
+        """
+        return (to_nano(input_tokens * self.usd_per_1k_input_tokens / 1000),
+                to_nano(output_tokens * self.usd_per_1k_output_tokens / 1000))
+
 
 def load_price_list(path: str | os.PathLike) -> PriceList:
     """Read and check a tariff file; any problem is a :class:`LeaninferError` naming the file and the field."""

@@ -5,6 +5,10 @@ variant whose *measured* quality meets the route's floors and whose queue meets 
 Quality comes from each artifact's manifest (what ``optimize`` measured against its source); the source
 model itself, served as is, meets every floor. A variant whose manifest lacks the figure a floor needs does
 not qualify: an unmeasured variant is never assumed good enough.
+
+Upstream engines (``--upstream``) join the routes of their task on the quality their tariff file declares
+(measured by ``leaninfer eval --endpoint``, or stated by hand); one that declares none is never routed to.
+Local variants and upstreams are ranked together by dollars per token (:meth:`.tariff.Tariff.rank_key`).
 """
 
 from __future__ import annotations
@@ -71,8 +75,9 @@ def parse_route(text: str) -> Route:
 
 class Router:
     """Which variants may answer a requested name, best first: a served name is itself; a route is its
-    qualifying variants (floors checked once, at start: manifests don't change), cheapest first by measured
-    tariff, those whose queue meets the route's SLO ahead of those whose queue doesn't.
+    qualifying variants (floors checked once, at start: manifests and tariff files don't change), cheapest
+    first by dollars per token, those whose queue meets the route's SLO ahead of those whose queue doesn't
+    (an upstream's queue is not seen: it always fits).
 
     Example:
         >>> router = Router(variants, ["embed=auto:max_sts_drop=0.5"])      # doctest: +SKIP
@@ -93,14 +98,19 @@ class Router:
         task = "embedding" if route.config.min_cosine is not None or route.config.max_sts_drop is not None \
             else "causal-lm"
         of_task = [v for v in self.variants.values() if v.task == task]
-        sources = {v.source for v in of_task}
+        local = [v for v in of_task if not v.upstream]
+        sources = {v.source for v in local}
         if len(sources) > 1:
             raise LeaninferError(f"--route {route.name}: served {task} models come from several sources "
                                  f"({', '.join(sorted(sources))}); a route picks among variants of one model")
-        good = [v.name for v in of_task if route.qualifies(PERFECT if v.quality is None else v.quality)]
+        good = [v.name for v in local if route.qualifies(PERFECT if v.quality is None else v.quality)]
+        # an upstream qualifies on what its tariff declares; declaring nothing never meets a floor
+        good += [v.name for v in of_task if v.upstream and v.quality is not None and route.qualifies(v.quality)]
         if not good:
-            raise LeaninferError(f"--route {route.name}: no served {task} variant meets its floors (measured "
-                                 f"quality: {', '.join(f'{v.name}={v.quality}' for v in of_task) or 'none'})")
+            seen = ", ".join(f"{v.name}={v.quality if v.quality is not None or v.upstream else 'source'}"
+                             + (" (upstream, declared)" if v.upstream else "") for v in of_task)
+            raise LeaninferError(f"--route {route.name}: no served {task} variant meets its floors (quality: "
+                                 f"{seen or 'none'})")
         return good
 
     def candidates(self, name: str) -> tuple[list[Variant], str]:

@@ -74,9 +74,18 @@ class Tariff:
         seconds = input_tokens * self.typical_input_s + output_tokens * self.typical_output_s
         return to_nano(usd_for_busy_seconds(self.usd_per_hour, seconds))
 
-    def rank_key(self) -> float:
-        """Seconds per token: lower is cheaper on the same machine."""
-        return self.typical_input_s + self.typical_output_s
+    def cost_nusd(self, input_tokens: int, output_tokens: int, busy_input_s: float,
+                  busy_output_s: float) -> tuple[int, int]:
+        """What a request costs, input and output: the engine time it took, at this machine's price."""
+        return (to_nano(usd_for_busy_seconds(self.usd_per_hour, busy_input_s)),
+                to_nano(usd_for_busy_seconds(self.usd_per_hour, busy_output_s)))
+
+    def rank_key(self) -> tuple[float, float]:
+        """Dollars per token (an input token plus an output token, typically), then seconds per token: lower
+        is cheaper. In dollars first, so that a local variant and an upstream priced per token compare; the
+        seconds order local variants when the machine's price is 0."""
+        seconds = self.typical_input_s + self.typical_output_s
+        return usd_for_busy_seconds(self.usd_per_hour, seconds), seconds
 
     def basis(self) -> str:
         return f"engine busy seconds x ${self.usd_per_hour:g}/h"

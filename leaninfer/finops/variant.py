@@ -1,4 +1,5 @@
-"""What identifies a served variant and what its manifest says about it: hash, source, measured quality."""
+"""What identifies a served variant and what its manifest says about it: hash, source, measured quality; or,
+for an upstream engine leaninfer forwards to, what its tariff file declares."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import orjson
 
 from .tariff import Tariff
+from .token_tariff import TokenTariff
 
 
 @dataclass
@@ -19,11 +21,12 @@ class Variant:
     name: str
     task: str  # "embedding" | "causal-lm"
     hash: str
-    tariff: Tariff
-    quality: dict | None  # measured against the source; None for the source itself
+    tariff: Tariff | TokenTariff
+    quality: dict | None  # measured against the source; None for the source itself (an upstream: declared)
     source: str
     fp32_source: bool  # the source served as is, in FP32: the counterfactual's price
     pending: Callable[[], int]
+    upstream: bool = False  # forwarded to an OpenAI-compatible engine, priced per token
 
     @classmethod
     def of(cls, name: str, model, tariff: Tariff, pending: Callable[[], int]) -> Variant:
@@ -31,6 +34,17 @@ class Variant:
         quality = measured_quality(model)
         return cls(name, model.task, variant_hash(model), tariff, quality, source_ref(model),
                    quality is None and model.precision == "fp32", pending)
+
+
+    @classmethod
+    def for_upstream(cls, name: str, task: str, url: str, model_id: str, tariff: TokenTariff,
+                     pending: Callable[[], int]) -> Variant:
+        """An upstream engine serving ``model_id`` at ``url`` as ``name``. Its quality is what its tariff file
+        declares (None: none declared, so no route's floor admits it); its hash names the endpoint and the
+        model id, so that the response cache never answers one upstream's request with another's answer."""
+        quality = tariff.prices.quality if tariff.prices is not None else None
+        digest = hashlib.sha256(f"upstream|{url}|{model_id}".encode()).hexdigest()[:16]
+        return cls(name, task, digest, tariff, quality, f"upstream:{model_id}", False, pending, upstream=True)
 
 
 def variant_hash(model) -> str:

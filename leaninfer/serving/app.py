@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engines.errors import Overloaded, Unavailable
+from ..engines.errors import Overloaded, Unavailable, UpstreamDown
 from ..engines.metrics import ServerMetrics
 from ..finops.gate import HOLD_MARGIN_S, Gate
 from ..models import Model
@@ -22,6 +22,7 @@ from .fast_path import ServingApp, error_response, unexpected_response
 from .protocol import OpenAIError
 from .routes import install_openapi, router
 from .state import ServedModel, ServerConfig, build_models
+from .upstreams import open_upstreams
 
 __all__ = ["ServedModel", "ServerConfig", "build_models", "create_app"]
 
@@ -31,6 +32,8 @@ async def lifespan(app: FastAPI):
     served = app.state.served.values()
     for s in served:
         s.engine.start()
+    for u in app.state.upstreams.values():
+        u.client.start()  # on the server's event loop: its connection pool belongs to it
     gate = app.state.gate
     await gate.start()
     if gate.governed:
@@ -41,6 +44,7 @@ async def lifespan(app: FastAPI):
         app.state.draining = True
         await asyncio.gather(*(asyncio.to_thread(s.engine.stop, app.state.config.drain_timeout_s) for s in served))
         await gate.stop()  # after the drain: the last requests' rows are written first
+        await asyncio.gather(*(u.client.aclose() for u in app.state.upstreams.values()))
 
 
 async def _openai_error(request: Request, exc: OpenAIError):
@@ -61,7 +65,8 @@ async def _unexpected(request: Request, exc: Exception):
 
 
 def create_app(models: dict[str, Model], config: ServerConfig | None = None) -> FastAPI:
-    """The ASGI app serving ``models`` (name -> loaded :class:`~leaninfer.models.Model`).
+    """The ASGI app serving ``models`` (name -> loaded :class:`~leaninfer.models.Model`), and the upstream
+    engines of ``config.upstreams`` (:mod:`.upstreams`; a LeaninferError for any of them that can't be used).
 
     Example:
         >>> import leaninfer
@@ -74,12 +79,14 @@ def create_app(models: dict[str, Model], config: ServerConfig | None = None) -> 
                      description="OpenAI-compatible serving of leaninfer models, with batching and metering.")
     app.state.config, app.state.metrics, app.state.draining, app.state.in_flight = config, metrics, False, 0
     app.state.served = {s.name: s for s in build_models(models, config, metrics)}
+    app.state.upstreams = open_upstreams(config.upstreams, list(app.state.served))
+    variants = variants_of(app.state.served, config.usd_per_hour)
+    variants.update({name: u.variant() for name, u in app.state.upstreams.items()})
     # A reservation's hold outlives any request (its timeout, then the drain): a server that dies holding it
     # has it released by the next server that starts on the store, or by any replica once it expires.
-    app.state.gate = Gate(config.finops, variants_of(app.state.served, config.usd_per_hour),
-                          metrics.registry if config.finops.enabled else None,
+    app.state.gate = Gate(config.finops, variants, metrics.registry if config.finops.enabled else None,
                           hold_s=config.request_timeout_s + config.drain_timeout_s + HOLD_MARGIN_S,
-                          fallback_on=(Overloaded, Unavailable), outcome=outcome_of)
+                          fallback_on=(Overloaded, Unavailable, UpstreamDown), outcome=outcome_of)
     app.add_exception_handler(OpenAIError, _openai_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

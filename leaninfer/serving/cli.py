@@ -19,6 +19,7 @@ from .app import create_app
 from .drain import DrainingServer
 from .ray_serve import RayOptions, require_ray, serve_until_signal
 from .state import ServerConfig
+from .upstreams import parse_upstream
 
 console = Console(stderr=True)
 out = Console()
@@ -57,7 +58,12 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command("serve")
     @user_errors
     def serve_cmd(
-        models: list[str] = typer.Argument(..., help="model references or artifact directories"),
+        models: list[str] = typer.Argument(None, help="model references or artifact directories"),
+        upstream: list[str] = typer.Option(None, "--upstream", help="NAME=URL[,key_env=VAR][,tariff=FILE][,model="
+                                           "ID][,task=TASK][,timeout_s=S]: serve NAME by forwarding to an "
+                                           "OpenAI-compatible engine, governed and priced per token by its "
+                                           "tariff file (tariff=free: $0 on purpose); repeatable "
+                                           "(docs/upstream.md)"),
         name: list[str] = typer.Option(None, "--name", help="served name per model, in order (default: derived)"),
         host: str = typer.Option("127.0.0.1", "--host"),
         port: int = typer.Option(8000, "--port", min=0, max=65535),
@@ -107,6 +113,13 @@ def register(app: typer.Typer, user_errors) -> None:
         """Serve models behind an OpenAI-compatible API with dynamic/continuous batching and metering."""
         import uvicorn
 
+        models = list(models or [])
+        upstreams = [parse_upstream(u) for u in upstream or []]
+        if not models and not upstreams:
+            raise LeaninferError("nothing to serve: give model references, or --upstream NAME=URL,tariff=FILE")
+        if ray and upstreams:
+            raise LeaninferError("--upstream is not served on --ray yet: run a front `leaninfer serve --upstream "
+                                 "...` beside the Ray deployment")
         names = list(name or [])
         if len(names) > len(models):
             raise LeaninferError(f"{len(names)} --name values for {len(models)} models")
@@ -120,6 +133,7 @@ def register(app: typer.Typer, user_errors) -> None:
         cfg = ServerConfig(batching=batching, usd_per_hour=price, request_timeout_s=request_timeout_s,
                            max_body_bytes=max_body_bytes, max_request_chars=max_request_chars,
                            max_request_items=max_request_items, drain_timeout_s=drain_timeout_s,
+                           upstreams=upstreams,
                            finops=FinOpsConfig(auth=auth, store=None if store.lower() == "none" else store,
                                                budget_timezone=budget_timezone, cache_max_bytes=cache_max_bytes,
                                                cache_ttl_s=cache_ttl_s, routes=list(route or []),
@@ -143,8 +157,11 @@ def register(app: typer.Typer, user_errors) -> None:
             loaded[n] = load(ref, device=device)
         app_ = create_app(loaded, cfg)
         app_.state.gate.claim()  # before listening: a second server on this store is refused with a reason
-        console.print(f"serving {', '.join(names)} on http://{host}:{port}/v1  (batch {max_batch_size}, "
-                      f"wait {max_wait_ms} ms, ${price}/h)")
+        console.print(f"serving {', '.join(names + [u.name for u in upstreams])} on http://{host}:{port}/v1  "
+                      f"(batch {max_batch_size}, wait {max_wait_ms} ms, ${price}/h)")
+        for u in app_.state.upstreams.values():
+            console.print(f"upstream {u.name!r}: {u.config.url} (model {u.model_id!r}, {u.task}); "
+                          f"{u.tariff.basis()}; key: {'$' + u.config.key_env if u.config.key_env else 'none'}")
         f = cfg.finops
         console.print(f"auth: {f.auth}" + (" (open: anyone who can reach this address may use it and nothing "
                                            "caps their spend; use --auth keys to require keys)" if f.auth == "none"

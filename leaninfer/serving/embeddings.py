@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from ..finops.gate import Plan
 from ..finops.variant import Variant
 from .disconnect import until_disconnect
+from .forward import Forwarding
 from .guard import OFFLOAD_CHARS, OFFLOAD_FLOATS, Ctx, guarded, off_loop_if, read_body, sized
 from .openai_format import embedding_list, json_bytes
 from .prompts import embed_tokens
@@ -23,6 +24,7 @@ async def embeddings(request: Request):
         state = request.app.state
         req: EmbeddingRequest | None = None
         big, n_tokens = False, 0
+        fwd: Forwarding | None = None
 
         async def read():
             nonlocal req, big
@@ -32,9 +34,12 @@ async def embeddings(request: Request):
             return req.model, req.user
 
         async def plan(v: Variant) -> Plan:
-            nonlocal n_tokens
+            nonlocal n_tokens, fwd
+            ctx.model = v.name
+            if v.upstream:
+                fwd = Forwarding.of(request, "embeddings", req, state.upstreams[v.name])
+                return fwd.plan(request)
             s = state.served[v.name]
-            ctx.model = s.name
             if req.dimensions is not None and s.embedding_dim is not None and req.dimensions != s.embedding_dim:
                 raise OpenAIError(400, f"dimensions={req.dimensions} is not served: {s.name} gives "
                                        f"{s.embedding_dim}", param="dimensions", code="invalid_value")
@@ -45,6 +50,8 @@ async def embeddings(request: Request):
         adm = ctx.admission = await state.gate.admit(ctx.ask(request, "embedding"), read, plan)
         if adm.hit is not None:
             return Response(await off_loop_if(big, json_bytes, adm.hit), media_type="application/json")
+        if adm.variant.upstream:
+            return await fwd.answer(request, ctx, adm)
         vectors, meter = await until_disconnect(request, adm.work.result())
         s = state.served[adm.variant.name]
         usage = state.gate.finish(adm, meter, n_tokens, 0)  # charged: the engine ran, whatever follows

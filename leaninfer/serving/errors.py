@@ -7,7 +7,7 @@ import asyncio
 import math
 import time
 
-from ..engines.errors import EngineError, EngineFailed, Overloaded, Unavailable
+from ..engines.errors import EngineError, EngineFailed, Overloaded, Unavailable, UpstreamError
 from ..errors import LeaninferError
 from ..finops.budgets import BudgetExceeded
 from ..finops.rate_limits import RateLimited
@@ -16,6 +16,10 @@ from ..finops.windows import WINDOW_SECONDS
 from .protocol import OpenAIError
 
 REQUEST_ID_HEADER = "x-request-id"
+# an upstream's failure as this server's answer: busy 503 (with its Retry-After), slow 504, the request itself
+# refused 400 (its message passed on); unreachable, failed, malformed or misconfigured: 502, a bad gateway
+UPSTREAM_STATUS = {"upstream_busy": 503, "upstream_timeout": 504, "upstream_rejected": 400}
+UPSTREAM_TYPE = {503: "server_overloaded", 504: "timeout", 400: "invalid_request_error"}
 
 
 def _seconds_until(at: float) -> int:
@@ -35,6 +39,11 @@ def to_openai(exc: BaseException) -> OpenAIError | None:
             "RateLimit": f'"{exc.limit}";r={exc.remaining};t={wait}'})
     if isinstance(exc, BudgetExceeded):
         return _budget_error(exc)
+    if isinstance(exc, UpstreamError):
+        status = UPSTREAM_STATUS.get(exc.code, 502)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s and status == 503 else {}
+        return OpenAIError(status, exc.message, type=UPSTREAM_TYPE.get(status, "server_error"), code=exc.code,
+                           headers=headers)
     if isinstance(exc, Overloaded):
         return OpenAIError(503, exc.message, type="server_overloaded", code=exc.code,
                            headers={"Retry-After": str(exc.retry_after_s)})

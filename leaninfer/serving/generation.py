@@ -14,17 +14,24 @@ from fastapi.responses import JSONResponse
 from ..engines.core import SamplingParams
 from ..finops.gate import Admission, Plan
 from ..finops.variant import Variant
+from .choices import Choices
 from .disconnect import ReleasingStream, until_disconnect
 from .errors import to_openai
+from .forward import Forwarding
 from .guard import OFFLOAD_CHARS, Ctx, close_soon, guarded, off_loop_if, read_body, sized
+from .logprob_format import token_texts
 from .openai_format import SSE_DONE, CompletionFormat, completion_usage, sse
 from .prompts import chat_prompt, completion_prompt, echo_text, logit_bias
-from .protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, answer_params
+from .protocol import (
+    DEFAULT_CHAT_MAX_TOKENS,
+    DEFAULT_COMPLETION_MAX_TOKENS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIError,
+    answer_params,
+)
 from .request_size import messages_size, text_size
 from .state import ServedModel
-
-DEFAULT_CHAT_MAX_TOKENS = 256
-DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 async def completions(request: Request):
@@ -43,23 +50,32 @@ def _sampling(s: ServedModel, req, n_prompt: int, chat: bool) -> SamplingParams:
     # The context check holds whatever the client omitted: a prompt that leaves no room for one token is
     # refused before it reaches the engine (where prefill would fail on it).
     limit = s.model.max_seq_length
-    if n_prompt >= limit:
+    asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    # max_tokens=0 (completions): the prompt alone, scored with echo + logprobs; it may fill the context
+    if n_prompt > limit or (n_prompt == limit and asked != 0):
         what = "messages" if chat else "prompt"
         raise OpenAIError(400, f"this model's maximum context length is {limit} tokens; the {what} have "
                                f"{n_prompt}, leaving no room for a completion", param=what,
                           code="context_length_exceeded")
     name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
-    asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
     # an omitted max_tokens defaults to OpenAI's value, shrunk to the room the prompt leaves
-    max_tokens = asked or min(DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS, limit - n_prompt)
+    max_tokens = asked if asked is not None else min(DEFAULT_CHAT_MAX_TOKENS if chat
+                                                     else DEFAULT_COMPLETION_MAX_TOKENS, limit - n_prompt)
     if n_prompt + max_tokens > limit:
         raise OpenAIError(400, f"this model's maximum context length is {limit} tokens; the prompt has "
                                f"{n_prompt} and {name} is {max_tokens}: at most {limit - n_prompt}", param=name,
                           code="context_length_exceeded")
+    if chat:  # logprobs: the sampled tokens' (and best_of's ranking needs them); echo: the prompt's too
+        logprobs, prompt_logprobs = ((req.top_logprobs or 0) if req.logprobs else None), None
+    else:
+        ranked = (req.best_of or req.n) > req.n
+        logprobs = req.logprobs if req.logprobs is not None else (0 if ranked else None)
+        prompt_logprobs = req.logprobs if req.echo and req.logprobs is not None else None
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                           stop=list(req.stop or []), ignore_eos=req.ignore_eos,
                           presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                          logit_bias=logit_bias(s, req.logit_bias))
+                          logit_bias=logit_bias(s, req.logit_bias), logprobs=logprobs,
+                          prompt_logprobs=prompt_logprobs)
 
 
 async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
@@ -69,6 +85,8 @@ async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
     big = False
     prompt: list[int] = []
     fmt: CompletionFormat | None = None
+    choices: Choices | None = None
+    fwd: Forwarding | None = None
 
     async def read():
         nonlocal req, big
@@ -79,47 +97,56 @@ async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
         return req.model, req.user
 
     async def plan(v: Variant) -> Plan:
-        nonlocal prompt, fmt
+        nonlocal prompt, fmt, choices, fwd
+        ctx.model = v.name
+        if v.upstream:
+            fwd = Forwarding.of(request, ctx.endpoint, req, state.upstreams[v.name])
+            return fwd.plan(request)
         s = state.served[v.name]
-        ctx.model = s.name
         prompt = await (off_loop_if(big, chat_prompt, s, req.messages) if chat
                         else off_loop_if(big, completion_prompt, s, req.prompt))
         # Everything that may refuse comes before submit: from submit on, every path must end the sequence.
         fmt = CompletionFormat(s.name, chat, echo=echo_text(s, req.prompt, prompt) if getattr(req, "echo", 0)
                                else "")
         params = _sampling(s, req, len(prompt), chat)
+        generated = req.n if chat else (req.best_of or req.n)
+        choices = Choices(fmt, token_texts(s.model.tokenizer), prompt, req.n, generated,
+                          logprobs=bool(req.logprobs) if chat else req.logprobs is not None,
+                          scored_prompt=params.prompt_logprobs is not None)
         # a stream is answered as it is generated: never from the cache
         cacheable = None if req.stream else answer_params(req)
-        return Plan(len(prompt), params.max_tokens, cacheable, lambda: s.engine.submit(prompt, params))
+        # The worst case of the work: every candidate to max_tokens, their prompt prefilled once; scoring the
+        # prompt runs the LM head over each prompt position, reserved as a generated token each (more than it
+        # costs: a decode step runs the whole model).
+        worst_out = generated * params.max_tokens + (len(prompt) if params.prompt_logprobs is not None else 0)
+        return Plan(len(prompt), worst_out, cacheable, lambda: s.engine.submit(prompt, params, generated))
 
     adm = ctx.admission = await gate.admit(ctx.ask(request, "causal-lm"), read, plan)
     if adm.hit is not None:
         return JSONResponse(adm.hit)
+    if adm.variant.upstream:
+        return await fwd.answer(request, ctx, adm)
     s, handle, n_prompt = state.served[adm.variant.name], adm.work, len(prompt)
     if req.stream:
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-        return ReleasingStream(_stream(request, s, adm, fmt, include_usage, n_prompt),
+        return ReleasingStream(_stream(request, s, adm, choices, include_usage, n_prompt),
                                on_end=lambda outcome: _stream_ended(request, s, adm, ctx.endpoint, outcome,
                                                                     n_prompt),
                                media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def collect():
-        parts, reason, error = [], None, None
         async for ev in handle:
-            parts.append(ev.text)
-            if ev.finish_reason:
-                reason, error = ev.finish_reason, ev.error
-        if reason == "error":
-            raise OpenAIError(500, f"generation failed: {error}", type="server_error")
-        return "".join(parts), reason
+            if ev.finish_reason == "error":
+                raise OpenAIError(500, f"generation failed: {ev.error}", type="server_error")
+            choices.add(ev)
 
     try:
-        text, reason = await until_disconnect(request, collect())
-    finally:  # answered, hung up, timed out or failed: stop the sequence and charge the work it did
+        await until_disconnect(request, collect())
+    finally:  # answered, hung up, timed out or failed: stop the sequences and charge the work they did
         handle.cancel()
         usage = _finish(request, s, adm, n_prompt)
-    ctx.body = fmt.response(text, reason, usage)
+    ctx.body = fmt.response(choices.bodies(), usage=usage)
     return JSONResponse(ctx.body)
 
 
@@ -127,9 +154,9 @@ def _finish(request: Request, s: ServedModel, adm: Admission, n_prompt: int) -> 
     """Record a generation's metrics and charge its engine time (once); return its ``usage``."""
     handle = adm.work
     meter = handle.meter()
-    n_out = len(handle.seq.output)
+    n_out = handle.output_tokens  # of every candidate: all were generated
     if not adm.metered:
-        request.app.state.metrics.observe_generation(s.name, n_prompt, handle.seq, meter)
+        request.app.state.metrics.observe_generation(s.name, n_prompt, n_out, meter)
     return completion_usage(n_prompt, n_out, request.app.state.gate.finish(adm, meter, n_prompt, n_out))
 
 
@@ -150,25 +177,24 @@ def _stream_ended(request: Request, s: ServedModel, adm: Admission, endpoint: st
     close_soon(request.app.state.gate, adm, status, kind)
 
 
-async def _stream(request: Request, s: ServedModel, adm: Admission, fmt: CompletionFormat, include_usage: bool,
+async def _stream(request: Request, s: ServedModel, adm: Admission, choices: Choices, include_usage: bool,
                   n_prompt: int):
     """The SSE body. Its :class:`ReleasingStream` frees the slot and counts hang-ups, however it ends; the
     ledger row of a complete stream is committed before its usage chunk and ``[DONE]`` leave."""
     metrics = request.app.state.metrics
+    fmt = choices.fmt
     endpoint = "chat.completions" if fmt.chat else "completions"
     status, error_type = 200, None
-    if fmt.chat or fmt.echo:
-        yield fmt.chunk(first=True)
+    for chunk in choices.opening():
+        yield chunk
     async for ev in adm.work:
         if ev.finish_reason == "error":
             metrics.server_errors.labels(endpoint, "500").inc()  # the status line said 200; the error is a 5xx
             status, error_type = 500, "server_error"
             yield sse(OpenAIError(500, f"generation failed: {ev.error}", type="server_error").body())
             break
-        if ev.text:
-            yield fmt.chunk(ev.text)
-        if ev.finish_reason:
-            yield fmt.chunk(None, ev.finish_reason)
+        for chunk in choices.chunks(ev):
+            yield chunk
     usage = _finish(request, s, adm, n_prompt)
     try:
         await request.app.state.gate.close(adm, status, error_type)

@@ -109,9 +109,10 @@ class Ctx:
 _closing: set[asyncio.Task] = set()  # closes started from synchronous code, held until done
 
 
-def close_soon(gate, adm: Admission, status: int, error_type: str | None = None) -> None:
-    """Close ``adm`` at ``gate`` from synchronous code (a stream's end callback)."""
-    task = asyncio.ensure_future(gate.close(adm, status, error_type))
+def close_soon(gate, adm: Admission, status: int, error_type: str | None = None, closing=None) -> None:
+    """Close ``adm`` at ``gate`` from synchronous code (a stream's end callback); ``closing``, a coroutine that
+    closes it after some cleanup of its own, runs instead when given."""
+    task = asyncio.ensure_future(closing if closing is not None else gate.close(adm, status, error_type))
     _closing.add(task)
     task.add_done_callback(_closing.discard)
 
@@ -128,7 +129,7 @@ async def guarded(request: Request, endpoint: str, handler):
     ctx = Ctx(endpoint, next_request_id())
 
     def count(status: int, err_type: str | None = None):
-        model = ctx.model if ctx.model in state.served else "-"
+        model = ctx.model if ctx.model in state.served or ctx.model in state.upstreams else "-"
         state.metrics.count_request(model, endpoint, status, err_type)
 
     try:

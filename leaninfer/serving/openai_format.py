@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from ..finops.money import to_usd
+
 SSE_DONE = b"data: [DONE]\n\n"
 
 
@@ -23,11 +25,25 @@ def sse(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-def model_card(name: str, created: int, info: dict) -> dict:
-    """A ``/v1/models`` entry; ``info`` is ``Model.describe()``."""
-    return {"id": name, "object": "model", "created": created, "owned_by": "leaninfer",
+def model_card(name: str, created: int, info: dict, variant=None) -> dict:
+    """A ``/v1/models`` entry; ``info`` is ``Model.describe()``; ``variant`` (the gate's
+    :class:`~leaninfer.finops.variant.Variant`) adds what it is, its quality and its price."""
+    card = {"id": name, "object": "model", "created": created, "owned_by": "leaninfer",
             "task": info["task"], "backend": info["backend"], "precision": info["precision"],
-            "weights": info["weights"], "max_seq_length": info["max_seq_length"]}
+            "weights": info["weights"], "max_seq_length": info["max_seq_length"],
+            "context_length": info["max_seq_length"]}
+    if variant is not None:
+        card["variant"] = {"hash": variant.hash, "source": variant.source, "fp32_source": variant.fp32_source}
+        card["quality"] = variant.quality  # measured against the source by optimize; None for the source
+        # the typical price of 1K tokens at the engine time measured so far (calibrated at start-up)
+        card["price"] = {"usd_per_1k_input_tokens": to_usd(variant.tariff.typical_nusd(1000, 0)),
+                         "usd_per_1k_output_tokens": to_usd(variant.tariff.typical_nusd(0, 1000)),
+                         "basis": variant.tariff.basis(),
+                         # a local variant's rates are learned from metered requests (a server with a ledger)
+                         "measured": getattr(variant.tariff, "n", 1) > 0}
+    if "upstream_model" in info:  # an upstream engine's: the model id it is sent, how it is priced
+        card.update(upstream_model=info["upstream_model"], tariff=info["tariff"])
+    return card
 
 
 def encode_embedding(v: np.ndarray, fmt: str) -> np.ndarray | str:
@@ -76,27 +92,33 @@ class CompletionFormat:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
                 **extra}
 
-    def response(self, text: str, finish_reason: str | None, usage: dict) -> dict:
+    def choice(self, index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+        """One choice of a whole response (a text completion's ``text`` with its echo ahead)."""
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
-                      "logprobs": None}
-        else:
-            choice = {"index": 0, "text": self.echo + text, "finish_reason": finish_reason, "logprobs": None}
-        return self._body("chat.completion" if self.chat else "text_completion", [choice], usage=usage)
+            return {"index": index, "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish_reason, "logprobs": logprobs}
+        return {"index": index, "text": self.echo + text, "finish_reason": finish_reason, "logprobs": logprobs}
+
+    def response(self, text: str | list[dict], finish_reason: str | None = None, usage: dict | None = None) -> dict:
+        """The whole body: one choice's ``text`` and ``finish_reason``, or the ``choices`` built by
+        :meth:`choice`."""
+        choices = text if isinstance(text, list) else [self.choice(0, text, finish_reason)]
+        return self._body("chat.completion" if self.chat else "text_completion", choices, usage=usage)
 
     @property
     def _chunk_object(self) -> str:
         return "chat.completion.chunk" if self.chat else "text_completion"
 
-    def chunk(self, text: str | None = None, finish_reason: str | None = None, first: bool = False) -> bytes:
-        """One streamed delta. A chat stream opens with an empty assistant message (``first``), as OpenAI's;
-        a text stream with ``echo`` opens with the prompt's text."""
+    def chunk(self, text: str | None = None, finish_reason: str | None = None, first: bool = False,
+              index: int = 0, logprobs: dict | None = None) -> bytes:
+        """One streamed delta of choice ``index``. A chat stream opens with an empty assistant message
+        (``first``), as OpenAI's; a text stream with ``echo`` opens with the prompt's text."""
         if self.chat:
             delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         else:
             text = self.echo if first else text
-            choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": logprobs}
         return sse(self._body(self._chunk_object, [choice]))
 
     def usage_chunk(self, usage: dict) -> bytes:

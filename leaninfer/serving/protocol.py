@@ -1,8 +1,7 @@
 """OpenAI-compatible request schemas and error bodies (the subset leaninfer serves, validated strictly).
 
 Unknown fields are accepted and ignored (clients send many); OpenAI fields whose values we cannot honour
-(``n > 1``, logprobs, tools, a JSON ``response_format``...) are refused with a 400 naming the field, never
-silently dropped. Every range is checked here, so nothing a client sends reaches the sampler or the model
+(``suffix``, audio, predicted outputs...) are refused with a 400 naming the field, never silently dropped. Every range is checked here, so nothing a client sends reaches the sampler or the model
 outside what they can compute (docs/serving.md lists what is served).
 """
 
@@ -20,6 +19,12 @@ MAX_STOP = 4
 # of admission and the cache key in machine integers.
 MAX_TOKENS = 2**31 - 1
 MAX_LOGIT_BIAS = 1024
+# an omitted max_tokens: what a local model generates at most (shrunk to its context), and what an upstream is
+# sent explicitly, so that the reservation covers exactly what it may generate
+DEFAULT_CHAT_MAX_TOKENS = 256
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+MAX_N = 16  # choices (n, best_of) of one request: each is a sequence in the running batch
+MAX_LOGPROBS = 20  # OpenAI's bound on logprobs (completions) and top_logprobs (chat)
 SEED_MIN, SEED_END = -(2**63), 2**64  # what numpy's generators take, once wrapped into 64 bits
 TOKEN_KEY = "^[0-9]{1,9}$"  # a token id as a JSON object key
 
@@ -170,7 +175,8 @@ class _GenReq(_Req):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    n: int = Field(1, ge=1, le=1, description="only n=1 is served")
+    n: int = Field(1, ge=1, le=MAX_N, description=f"choices to generate (at most {MAX_N}); they share the "
+                                                    "prompt's prefill")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from the logit of every "
                                                                       "token generated so far")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted from the logit of every "
@@ -195,12 +201,27 @@ class _GenReq(_Req):
 class CompletionRequest(_GenReq):
     prompt: str | list[str] | list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]] = Field(
         ..., description="a string or token ids; lists of several prompts are refused (one prompt a request)")
-    echo: bool = Field(False, description="the prompt's text precedes the completion")
-    logprobs: Annotated[int | None, _served_only(None, 0, what="logprobs")] = None
-    best_of: Annotated[int | None, _served_only(None, 1, what="best_of > 1 (one candidate per request)")] = None
+    # 0 is served: with echo and logprobs it scores the prompt alone (what lm-evaluation-harness sends)
+    max_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS)
+    echo: bool = Field(False, description="the prompt's text precedes the completion (with logprobs: its "
+                                          "tokens scored too, the first one null)")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="the log-probability of each token and "
+                                                                         "of this many most likely alternatives")
+    best_of: int | None = Field(None, ge=1, le=MAX_N, description="candidates generated; the n with the highest "
+                                                                  "mean log-probability are returned")
     suffix: Annotated[str | None, _served_only(None, "", what="suffix (insertion)")] = None
 
     _unicode_prompt = field_validator("prompt", mode="before")(_check_unicode)
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of(cls, v, info):  # n and stream are validated before it (declared earlier)
+        n = info.data.get("n", 1)
+        if v is not None and v < n:
+            raise ValueError(f"best_of ({v}) must be at least n ({n})")
+        if v is not None and v > n and info.data.get("stream"):
+            raise ValueError("best_of greater than n can't be streamed: the best are known only at the end")
+        return v
 
 
 class TextPart(BaseModel):
@@ -227,8 +248,9 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_GenReq):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    logprobs: Annotated[bool | None, _served_only(None, False, what="logprobs")] = None
-    top_logprobs: Annotated[int | None, _served_only(None, 0, what="logprobs")] = None
+    logprobs: bool | None = Field(None, description="the log-probability of each generated token")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="with logprobs: this many most "
+                                                                             "likely alternatives per token")
     response_format: Annotated[dict[str, Any] | None, _served_only(
         None, {"type": "text"}, what='structured output; only {"type": "text"} is served')] = None
     tools: Annotated[list[Any] | None, _served_only(None, [], what="tool calls")] = None
@@ -241,8 +263,16 @@ class ChatCompletionRequest(_GenReq):
     audio: Annotated[dict[str, Any] | None, _served_only(None, what="audio output")] = None
     prediction: Annotated[dict[str, Any] | None, _served_only(None, what="predicted outputs")] = None
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, v, info):  # logprobs is validated before it (declared earlier)
+        if v and not info.data.get("logprobs"):  # 0 asks for nothing: clients send it by default
+            raise ValueError("top_logprobs needs logprobs: true")
+        return v
 
-_GEN_ANSWER = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "ignore_eos")
+
+_GEN_ANSWER = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "ignore_eos", "n",
+               "logprobs")
 _FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 
 
@@ -272,14 +302,18 @@ def answer_params(req: _Req) -> dict:
     bias = req.logit_bias or {}
     out["logit_bias"] = {int(k): float(bias[k]) for k in sorted(bias, key=int)} or None
     out["stop"] = list(req.stop or []) or None
+    out["n"] = req.n if req.n > 1 else None  # the default keeps the keys that were written before n was served
     if isinstance(req, ChatCompletionRequest):
         out["messages"] = [[m.role, m.text()] for m in req.messages]
         out["max_tokens"] = req.max_completion_tokens or req.max_tokens
+        out["logprobs"] = req.logprobs or None  # false is no logprobs
+        out["top_logprobs"] = req.top_logprobs if req.logprobs else None
     else:
         prompt = req.prompt
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # one prompt in a list is that prompt (several are refused)
         out["prompt"], out["echo"], out["max_tokens"] = prompt, req.echo, req.max_tokens
+        out["best_of"] = req.best_of if req.best_of not in (None, req.n) else None
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -25,6 +25,7 @@ from .generation import chat_completions, completions
 from .guard import bearer
 from .openai_format import model_card
 from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse, OpenAIError
+from .tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize
 
 router = APIRouter()
 _REF = "#/components/schemas/{model}"
@@ -42,7 +43,7 @@ ERROR_STATUSES = {"400": "invalid request (the message names the parameter)", "4
 
 
 TASK_OF_BODY = {"EmbeddingRequest": "embedding", "CompletionRequest": "causal-lm",
-                "ChatCompletionRequest": "causal-lm"}
+                "ChatCompletionRequest": "causal-lm", "TokenizeRequest": "causal-lm", "DetokenizeRequest": "causal-lm"}
 
 
 def _body_doc(schema, stream: bool = False) -> dict:
@@ -71,7 +72,8 @@ def install_openapi(app) -> None:
         if app.openapi_schema is None:
             schemas = copy.deepcopy(BODY_SCHEMAS)
             for body, task in TASK_OF_BODY.items():
-                names = [s.name for s in app.state.served.values() if s.task == task]
+                names = [s.name for s in [*app.state.served.values(), *app.state.upstreams.values()]
+                         if s.task == task]
                 if names:
                     schemas[body]["properties"]["model"]["enum"] = names
             build().setdefault("components", {}).setdefault("schemas", {}).update(schemas)
@@ -89,7 +91,7 @@ async def health(request: Request):
         return JSONResponse({"status": "engine_dead", "reason": reason}, status_code=503)
     if request.app.state.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
-    return {"status": "ok", "models": list(request.app.state.served)}
+    return {"status": "ok", "models": [*request.app.state.served, *request.app.state.upstreams]}
 
 
 @router.get("/metrics", response_class=PlainTextResponse,  # documents text/plain (Prometheus' format)
@@ -125,8 +127,11 @@ async def usage(request: Request, by: str = "team", period: str | None = None, s
 @router.get("/v1/models", responses={401: {"description": "no valid key (--auth keys)", "content": _ERROR}})
 async def list_models(request: Request):
     await _key_or_refuse(request)
-    return {"object": "list", "data": [model_card(s.name, s.created, s.info)
-                                       for s in request.app.state.served.values()]}
+    state = request.app.state
+    variants = state.gate.variants
+    return {"object": "list", "data": [model_card(s.name, s.created, s.info, variants.get(s.name))
+                                       for s in state.served.values()]
+            + [model_card(u.name, u.created, u.info()) for u in state.upstreams.values()]}
 
 
 @router.get("/v1/models/{name:path}", responses={404: {"description": "no such model", "content": _ERROR},
@@ -134,11 +139,13 @@ async def list_models(request: Request):
                                                        "content": _ERROR}})
 async def get_model(name: str, request: Request):
     await _key_or_refuse(request)
-    served = request.app.state.served
+    served, upstreams = request.app.state.served, request.app.state.upstreams
+    if name in upstreams:
+        return model_card(name, upstreams[name].created, upstreams[name].info())
     if name not in served:
-        raise to_openai(UnknownModel(name, list(served)))
+        raise to_openai(UnknownModel(name, [*served, *upstreams]))
     s = served[name]
-    return model_card(s.name, s.created, s.info)
+    return model_card(s.name, s.created, s.info, request.app.state.gate.variants.get(name))
 
 
 async def _key_or_refuse(request: Request, admin: bool = False, what: str = ""):
@@ -160,6 +167,21 @@ async def _key_or_refuse(request: Request, admin: bool = False, what: str = ""):
 FAST_ROUTES = {"/v1/embeddings": embeddings, "/v1/completions": completions,
                "/v1/chat/completions": chat_completions}
 router.add_api_route("/v1/embeddings", embeddings, methods=["POST"], openapi_extra=_body_doc(EmbeddingRequest))
+
+
+async def tokenize_endpoint(request: Request):
+    await _key_or_refuse(request)
+    return await tokenize(request)
+
+
+async def detokenize_endpoint(request: Request):
+    await _key_or_refuse(request)
+    return await detokenize(request)
+
+
+router.add_api_route("/tokenize", tokenize_endpoint, methods=["POST"], openapi_extra=_body_doc(TokenizeRequest))
+router.add_api_route("/detokenize", detokenize_endpoint, methods=["POST"],
+                     openapi_extra=_body_doc(DetokenizeRequest))
 router.add_api_route("/v1/completions", completions, methods=["POST"],
                      openapi_extra=_body_doc(CompletionRequest, stream=True))
 router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],

@@ -1,7 +1,7 @@
 """What a server holds: its config and the models it serves, each with its engine.
 
-``create_app`` puts these on ``app.state`` (``config``, ``served``, ``metrics``, ``draining``); the routes read
-them there, so handlers are plain module-level functions rather than closures over one app.
+``create_app`` puts these on ``app.state`` (``config``, ``served``, ``upstreams``, ``metrics``, ``draining``);
+the routes read them there, so handlers are plain module-level functions rather than closures over one app.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from ..engines.engine import BatchingConfig, EmbeddingEngine, GenerationEngine
 from ..engines.metrics import ServerMetrics
 from ..finops.config import FinOpsConfig
 from ..models import Model
+from .upstreams import UpstreamConfig
 
 
 class ServerConfig(BaseModel):
@@ -45,6 +46,9 @@ class ServerConfig(BaseModel):
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long open requests may finish (the "
                                                            "listener stays up and /health answers 503) before "
                                                            "the engines stop")
+    upstreams: list[UpstreamConfig] = Field(default_factory=list,
+                                            description="served names forwarded to OpenAI-compatible engines "
+                                                        "(--upstream NAME=URL[,key_env=VAR][,tariff=FILE])")
 
     # Positional ``batching`` keeps the dataclass-era call ``ServerConfig(BatchingConfig(...), ...)`` working.
     def __init__(self, batching: BatchingConfig | None = None, /, **fields):

@@ -154,7 +154,8 @@ def test_typical_rates_are_an_ewma_of_settled_requests():
     assert t.n == 2
     expected = to_nano(usd_for_busy_seconds(USD_PER_HOUR, 7 * t.typical_input_s + 3 * t.typical_output_s))
     assert t.typical_nusd(7, 3) == expected
-    assert t.rank_key() == pytest.approx(t.typical_input_s + t.typical_output_s)
+    seconds = t.typical_input_s + t.typical_output_s  # ranked in $ per token first, then seconds per token
+    assert t.rank_key() == pytest.approx((usd_for_busy_seconds(USD_PER_HOUR, seconds), seconds))
 
 
 def test_typical_rates_skip_what_a_request_did_not_have():

@@ -58,6 +58,11 @@ MIGRATIONS = [
     CREATE INDEX budget_holds_owner ON budget_holds (owner);
     DELETE FROM response_cache
     """,
+    # 4: the candidates a request tried before the one that answered it (a route's fallback: an engine
+    # overloaded, an upstream down), named with why
+    """
+    ALTER TABLE ledger ADD COLUMN attempts TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 

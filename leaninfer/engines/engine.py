@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..cost import usd_for_busy_seconds
+from ..handoff import settle
 from ..models.runner import pad_left_or_right
 from .core import (
     ArrivalRate,
@@ -500,26 +501,8 @@ class EmbeddingEngine(_EngineBase):
 
 
 def _settle_all(done: list[tuple[_EmbedJob, Exception | None]]) -> None:
-    """Hand finished jobs to their event loops: one wake-up per loop and batch, not one per request (each
-    ``call_soon_threadsafe`` writes to the loop's self-pipe and wakes it)."""
-    by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list]] = {}
-    for job, exc in done:
-        by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.future, exc))
-    for loop, settled in by_loop.values():
-        try:
-            loop.call_soon_threadsafe(_settle, settled)
-        except RuntimeError:  # its event loop is closed: nobody is waiting
-            pass
-
-
-def _settle(settled: list[tuple[asyncio.Future, Exception | None]]) -> None:
-    for fut, exc in settled:
-        if fut.done():
-            continue
-        if exc is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(exc)
+    """Hand finished jobs to their event loops (:func:`~leaninfer.handoff.settle`: one wake-up per loop)."""
+    settle((job.future, exc) for job, exc in done)
 
 
 def _set_exc(fut: asyncio.Future, exc: Exception) -> None:

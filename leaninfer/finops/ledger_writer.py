@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 
+from ..handoff import settle
 from .ledger import LedgerRow
 from .refusals import Refusal
 from .store.ports import Store
@@ -58,9 +59,8 @@ class LedgerWriter:
     def record(self, row: LedgerRow) -> asyncio.Future:
         """Queue ``row``; the returned future resolves once it is committed, or fails with
         :class:`LedgerWriteFailed` when this row can't be written."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._queue.put((row, loop, fut))
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put((row, fut))
         return fut
 
     def _run(self) -> None:
@@ -78,9 +78,8 @@ class LedgerWriter:
                     self._queue.put(_STOP)  # finish this batch, then stop
                     break
                 batch.append(item)
-            errors = self._write([row for row, _, _ in batch])
-            for (_, loop, fut), error in zip(batch, errors, strict=True):
-                loop.call_soon_threadsafe(_resolve, fut, error)
+            errors = self._write([row for row, _ in batch])
+            settle((fut, error) for (_, fut), error in zip(batch, errors, strict=True))
 
     def _write(self, rows: list[LedgerRow]) -> list[Exception | None]:
         """Commit ``rows`` together, or each alone when that fails; one error (or None) per row."""
@@ -113,11 +112,3 @@ class LedgerWriter:
         self._queue.put(_STOP)
         self._thread.join(timeout=timeout_s)
 
-
-def _resolve(fut: asyncio.Future, error: Exception | None) -> None:
-    if fut.done():  # its request was cancelled while waiting; the row is written all the same
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -368,6 +369,9 @@ class SamplingParams:
     # and of the prompt's tokens with ``prompt_logprobs`` alternatives each (None: the prompt is not scored)
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # structured output: a compiled grammar (``models/grammar.py``: ``matcher()`` per sequence, ``decode``);
+    # None is free text. Its mask applies per row, so constrained and free rows share a batch.
+    grammar: Any = None
 
     @property
     def greedy(self) -> bool:
@@ -390,11 +394,26 @@ class Sampler:
         self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
         self.counts: dict[int, int] = {}
         self._adjust = bool(params.logit_bias or params.presence_penalty or params.frequency_penalty)
+        self.matcher = None if params.grammar is None else params.grammar.matcher()
 
     def sample(self, logits: np.ndarray) -> int:
-        tok = self._pick(self._adjusted(np.asarray(logits, dtype=np.float64)))
+        logits = self._adjusted(np.asarray(logits, dtype=np.float64))
+        if self.matcher is None:
+            tok = self._pick(logits)
+        else:  # pick among the allowed tokens only: the same distribution, at the cost of the few allowed
+            allowed = self._allowed(len(logits))
+            tok = int(allowed[self._pick(logits[allowed])])
+            self.matcher.advance(tok)
         self.counts[tok] = self.counts.get(tok, 0) + 1
         return tok
+
+    def _allowed(self, width: int) -> np.ndarray:
+        # Applied after the request's own adjustments, so no bias can lift a token the grammar forbids. EOS is
+        # allowed only once the grammar accepts; logit columns past the grammar's vocabulary never are.
+        allowed = np.flatnonzero(self.matcher.allowed()[:width])
+        if not len(allowed):
+            raise RuntimeError("the grammar allows no token of this model's vocabulary")
+        return allowed
 
     def _adjusted(self, logits: np.ndarray) -> np.ndarray:
         p = self.params
@@ -755,10 +774,12 @@ class GenerationScheduler:
                 plp, s._prompt_lp = s._prompt_lp, None
                 s.output.append(tok)
                 s.first_token_at = s.first_token_at or now
-                is_eos = tok == self.eos_token_id and not s.params.ignore_eos
+                constrained = s._sampler.matcher is not None
+                # a constrained row's EOS always ends it: the grammar allowed it only once complete
+                is_eos = tok == self.eos_token_id and (constrained or not s.params.ignore_eos)
                 text = "" if is_eos else s._tracker.add(tok)
                 reason = None
-                if is_eos or s._tracker.stopped:
+                if is_eos or s._tracker.stopped or (constrained and s._sampler.matcher.done()):
                     reason = "stop"
                 elif len(s.output) >= s.params.max_tokens or len(s.prompt) + len(s.output) >= self.max_seq_len:
                     reason = "length"

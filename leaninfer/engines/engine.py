@@ -620,7 +620,9 @@ class GenerationEngine(_EngineBase):
 
         group = object() if n > 1 else None
         now = time.perf_counter()
-        seqs = [GenSequence(prompt=list(prompt), on_event=on_event, decode_text=self.decode_text, enqueued_at=now,
+        # a constrained output is decoded as its grammar read it (models/grammar.py)
+        decode = self.decode_text if params.grammar is None else params.grammar.decode
+        seqs = [GenSequence(prompt=list(prompt), on_event=on_event, decode_text=decode, enqueued_at=now,
                             group=group, params=params if params.seed is None or i == 0
                             else dataclasses.replace(params, seed=params.seed + i))
                 for i in range(n)]

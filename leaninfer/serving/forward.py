@@ -48,6 +48,7 @@ from .protocol import (
     EmbeddingRequest,
     OpenAIError,
     answer_params,
+    constraint,
 )
 from .upstreams import ServedUpstream
 
@@ -146,7 +147,10 @@ class Forwarding:
         """The gate's plan: the worst case to reserve, the cache's parameters (extra fields included: an
         upstream may honour them), and a start that opens the request upstream (a client gone meanwhile
         cancels it)."""
-        cache = None if self.stream else {**answer_params(self.req), "extra": self.req.model_extra or None}
+        # a constraining response_format as sent: an upstream may honour what the local key leaves out (strict)
+        fmt = getattr(self.req, "response_format", None)
+        cache = None if self.stream else {**answer_params(self.req), "extra": self.req.model_extra or None,
+                                          "response_format": fmt if constraint(fmt) else None}
 
         async def start() -> Opened:
             return await until_disconnect(request, self.upstream.client.open(

@@ -166,6 +166,45 @@ class EmbeddingRequest(_Req):
         return v
 
 
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
+def _response_format(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The OpenAI shapes, checked; whether the library compiles the schema is asked where the model is known
+    (a 400 naming the construct, serving/generation.py). The value is kept as sent (an upstream gets it whole).
+    """
+    if v is None:
+        return None
+    kind = v.get("type")
+    if kind not in RESPONSE_FORMATS:
+        raise ValueError(f"type {kind!r} is not served; one of {', '.join(RESPONSE_FORMATS)}")
+    if kind != "json_schema":
+        return v
+    spec = v.get("json_schema")
+    if not isinstance(spec, dict):
+        raise ValueError('type "json_schema" needs a "json_schema" object: {"name": ..., "schema": {...}}')
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise ValueError('json_schema.name must be a non-empty string')
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict):
+        raise ValueError(f"json_schema.schema must be a JSON object (a JSON schema), got {type(schema).__name__}")
+    if "strict" in spec and not isinstance(spec["strict"], bool) and spec["strict"] is not None:
+        raise ValueError("json_schema.strict must be a boolean")
+    return v
+
+
+def constraint(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A validated ``response_format`` as what constrains the output (None: text): the response cache's key.
+    A schema's description and ``strict`` change nothing locally (every schema is enforced)."""
+    kind = (response_format or {}).get("type")
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = response_format["json_schema"]
+        return {"type": "json_schema", "json_schema": {"name": spec["name"], "schema": spec.get("schema", {})}}
+    return None
+
+
 class _GenReq(_Req):
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy; any tiny positive value is "
@@ -186,6 +225,9 @@ class _GenReq(_Req):
         None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": TOKEN_KEY}},
         description="token id (a decimal string) -> bias in [-100, 100] added to its logit")
     ignore_eos: bool = Field(False, description="leaninfer extension: keep generating past EOS (benchmarks)")
+    response_format: Annotated[dict[str, Any] | None, AfterValidator(_response_format)] = Field(
+        None, description='{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": '
+                          '{"name": ..., "schema": {...}}}: output constrained by grammar (docs/serving.md)')
 
     _unicode_stop = field_validator("stop", mode="before")(_check_unicode)
 
@@ -251,8 +293,6 @@ class ChatCompletionRequest(_GenReq):
     logprobs: bool | None = Field(None, description="the log-probability of each generated token")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="with logprobs: this many most "
                                                                              "likely alternatives per token")
-    response_format: Annotated[dict[str, Any] | None, _served_only(
-        None, {"type": "text"}, what='structured output; only {"type": "text"} is served')] = None
     tools: Annotated[list[Any] | None, _served_only(None, [], what="tool calls")] = None
     tool_choice: Annotated[str | dict[str, Any] | None, _served_only(
         None, "none", "auto", what="tool calls")] = None
@@ -272,7 +312,7 @@ class ChatCompletionRequest(_GenReq):
 
 
 _GEN_ANSWER = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "ignore_eos", "n",
-               "logprobs")
+               "logprobs", "response_format")
 _FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 
 
@@ -302,6 +342,7 @@ def answer_params(req: _Req) -> dict:
     bias = req.logit_bias or {}
     out["logit_bias"] = {int(k): float(bias[k]) for k in sorted(bias, key=int)} or None
     out["stop"] = list(req.stop or []) or None
+    out["response_format"] = constraint(req.response_format)
     out["n"] = req.n if req.n > 1 else None  # the default keeps the keys that were written before n was served
     if isinstance(req, ChatCompletionRequest):
         out["messages"] = [[m.role, m.text()] for m in req.messages]

@@ -319,3 +319,68 @@ def test_sampler_bias_penalties_tiny_temperature_and_signed_seed():
     assert {Sampler(SamplingParams(temperature=5e-324, top_p=0.5, seed=k)).sample(logits) for k in range(5)} == {1}
     a = [Sampler(SamplingParams(temperature=2.0, seed=-7)).sample(logits) for _ in range(3)]
     assert len(set(a)) == 1  # a negative seed is a seed like any other
+
+
+class SpellGrammar:
+    """A fake grammar that spells ``word`` token by token; EOS is allowed only once it is spelt (``accept_at``
+    tokens in: complete but open, so EOS or the rest), and it is done after the whole word."""
+
+    def __init__(self, word, eos, accept_at=None):
+        self.word, self.eos, self.accept_at = list(word), eos, accept_at
+
+    def matcher(self):
+        g = self
+
+        class M:
+            pos = 0
+
+            def allowed(self):
+                mask = np.zeros(VOCAB, bool)
+                if self.pos < len(g.word):
+                    mask[g.word[self.pos]] = True
+                if g.accept_at is not None and self.pos >= g.accept_at:
+                    mask[g.eos] = True
+                return mask
+
+            def advance(self, tok):
+                assert self.allowed()[tok], tok
+                self.pos += 1
+
+            def done(self):
+                return self.pos >= len(g.word)
+        return M()
+
+    def decode(self, ids):
+        return "".join(map(str, ids))
+
+
+def test_grammar_masks_rows_of_a_mixed_batch_and_ends_them():
+    """Constrained rows follow their grammar and finish "stop" when it completes (or "length" when cut),
+    never with EOS before it accepts; a free row in the same decode steps keeps its own greedy tokens."""
+    eos = 0
+    r = FakeRunner()
+    s = GenerationScheduler(r, max_batch_size=8, eos_token_id=eos)
+    free = make([1, 2], 6)
+    spelt = make([3], 20, grammar=SpellGrammar([7, 8, 9], eos))
+    cut = make([4], 2, grammar=SpellGrammar([7, 8, 9], eos))
+    # EOS is allowed from the 3rd token on, and ties with the word's 13 there (the fake's logits are one-hot
+    # elsewhere): greedy takes it, and it ends the row even with ignore_eos, since the grammar accepted
+    early = make([5], 20, grammar=SpellGrammar([11, 12, 13, 14], eos, accept_at=2), ignore_eos=True)
+    for q in (free, spelt, cut, early):
+        s.submit(q)
+    run(s)
+    assert max(r.calls[i][1] for i in range(len(r.calls)) if r.calls[i][0] == "decode") >= 3  # one batch
+    assert free.output == expected([1, 2], 6) and free.finish_reason == "length"
+    assert spelt.output == [7, 8, 9] and spelt.finish_reason == "stop"
+    assert cut.output == [7, 8] and cut.finish_reason == "length"
+    assert early.finish_reason == "stop" and early.output == [11, 12, eos]
+
+
+def test_sampler_mask_beats_logit_bias_and_sampling():
+    g = SpellGrammar([3], eos=0)
+    for params in (SamplingParams(temperature=0, logit_bias={5: 100.0}),
+                   SamplingParams(temperature=2.0, seed=1, grammar=None)):
+        params.grammar = g
+        logits = np.zeros(VOCAB)
+        logits[5] = 50.0
+        assert Sampler(params).sample(logits) == 3

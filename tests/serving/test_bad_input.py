@@ -189,7 +189,8 @@ def test_the_context_check_holds_whatever_is_omitted(served, tiny_gpt2):
 
 
 UNSUPPORTED = [
-    ("chat", "response_format", {"type": "json_object"}),
+    ("chat", "response_format", {"type": "xml"}),  # json_object and json_schema are served (structured output)
+    ("comp", "response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}}),
     ("chat", "tools", [{"type": "function", "function": {"name": "f"}}]),
     ("chat", "tool_choice", "required"),
     ("chat", "functions", [{"name": "f"}]),

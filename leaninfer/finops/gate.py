@@ -300,6 +300,7 @@ class Gate:
             raise UnknownModel(adm.model, list(self.variants))
         if candidates[0].task != ask.task:
             raise WrongTask(adm.model, candidates[0].task, ask.task)
+        counted = 0  # tokens counted against the key's tpm: once per request, not once per candidate tried
         for i, v in enumerate(candidates):
             self._use(adm, v)
             p = await plan(v)
@@ -307,7 +308,9 @@ class Gate:
                 adm.row.input_tokens = p.input_tokens
             if key is not None:
                 worst = p.input_tokens + p.max_output_tokens
-                await self._limit(adm, self.limits.check_tokens, key, worst)
+                if worst > counted:  # a fallback counts only what its worst case adds
+                    await self._limit(adm, self.limits.check_tokens, key, worst - counted)
+                    counted = worst
                 if self.book is not None:
                     await self._reserve(adm, key, v.tariff.worst_nusd(p.input_tokens, p.max_output_tokens), worst)
             if await self._cached(adm, p):

@@ -266,6 +266,21 @@ def test_routes_fall_back_across_upstreams_and_record_each_attempt(front):
     assert row.attempts == "cheap:upstream_failed,busy:upstream_busy" and row.cost_nusd == 0
 
 
+def test_a_fallback_counts_the_request_against_tpm_once(front):
+    url, store, _, app = front
+    body = {"model": "chat", "messages": HI, "max_tokens": 2}  # cheap is down: answered by dear
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {make_key(store)}"}) as c:
+        first = c.post(f"{url}/v1/chat/completions", json=body)
+    worst = rows(store)[first.headers["x-request-id"]].reserved_tokens  # the same on both candidates
+    key = make_key(store, tpm=worst + worst // 2)  # room for one request's worst case, not for two
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}) as c:
+        once = c.post(f"{url}/v1/chat/completions", json=body)
+        again = c.post(f"{url}/v1/chat/completions", json=body)
+    assert first.json()["usage"]["leaninfer"]["attempts"] == ["cheap:upstream_failed"]
+    assert once.status_code == 200 and once.json()["model"] == "dear"
+    assert again.status_code == 429 and again.json()["error"]["code"] == "tpm"  # the minute's tokens are spent
+
+
 def test_the_upstream_key_is_never_echoed_logged_or_stored(front, caplog):
     url, store, key, app = front
     caplog.set_level(logging.DEBUG)

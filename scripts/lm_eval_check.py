@@ -27,13 +27,12 @@ import argparse
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
+from leaninfer.benchmarks.load.launch import start_server, stop_server
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -110,29 +109,9 @@ def save_model(ref: str, folder: Path) -> None:
     m.tokenizer.save_pretrained(folder)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "leaninfer.cli", "serve", str(model_dir), "--name", SERVED, "--port", str(port),
-           "--store", "none", "--usd-per-hour", "1.0"]
-    proc = subprocess.Popen(cmd, env={**os.environ, **OFFLINE}, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not come up in 120 s")
+def serve(model_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    return start_server([str(model_dir), "--name", SERVED, "--store", "none", "--usd-per-hour", "1.0"],
+                        log=log, env=OFFLINE, timeout_s=120)
 
 
 def lm_eval(args: list[str], out: Path, log: Path) -> None:
@@ -179,7 +158,7 @@ def main() -> int:
              "--tasks", "leaninfer_mc", "--include_path", str(tasks)], work / "out-hf", work / "lm-eval-hf.log")
     hf_s = time.perf_counter() - t0
 
-    proc, url = start_server(model_dir, work / "server.log")
+    proc, url = serve(model_dir, work / "server.log")
     try:
         t0 = time.perf_counter()
         api_args = (f"model={SERVED},base_url={url}/v1/completions,tokenizer={model_dir},"
@@ -188,12 +167,7 @@ def main() -> int:
                  "--include_path", str(tasks)], work / "out-api", work / "lm-eval-api.log")
         api_s = time.perf_counter() - t0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
     hf, api = samples(work / "out-hf", "leaninfer_mc"), samples(work / "out-api", "leaninfer_mc")
     deltas, per_item = [], []

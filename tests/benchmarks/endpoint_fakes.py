@@ -21,6 +21,8 @@ import time
 import numpy as np
 import uvicorn
 
+from ..asgi_fakes import read_json
+
 CARDS = [{"id": "emb", "object": "model", "owned_by": "fake", "task": "embedding"},
          {"id": "gen", "object": "model", "owned_by": "fake"},
          {"id": "no-usage", "object": "model", "owned_by": "fake", "task": "embedding"},
@@ -47,13 +49,7 @@ class FakeEndpoint:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            msg = await receive()
-            raw += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        body = json.loads(raw) if raw else None
+        body = await read_json(receive)
         path = scope["path"]
         self.requests.append((path, body))
         headers = dict(scope["headers"])

@@ -27,6 +27,8 @@ from leaninfer.serving.app import ServerConfig, create_app
 from leaninfer.serving.forward import PER_CHAT, PER_MESSAGE
 from leaninfer.serving.upstreams import parse_upstream
 
+from ..finops.conftest import ledger_rows
+from ..finops.conftest import make_key as finops_key
 from .upstream_fakes import PROMPT_TOKENS, FakeUpstream, serving
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # servers in threads, a few seconds each
@@ -43,21 +45,11 @@ HI_BOUND = PER_CHAT + len("hi") + len("user") + PER_MESSAGE  # what leaninfer co
 
 
 def make_key(store: str, **policy) -> str:
-    key_id, plaintext, key_hash = new_key()
-    s = open_store(store)
-    try:
-        s.add_key(KeyRecord(key_id, key_hash, KeyPolicy(team="t", **policy), time.time()))
-    finally:
-        s.close()
-    return plaintext
+    return finops_key(store, **{"team": "t", **policy})
 
 
-def rows(store: str):
-    s = open_store(store)
-    try:
-        return {r.request_id: r for r in s.rows()}
-    finally:
-        s.close()
+def rows(store: str) -> dict:
+    return {r.request_id: r for r in ledger_rows(store)}
 
 
 def wait_rows(store: str, ids: list[str]) -> dict:

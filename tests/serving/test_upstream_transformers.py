@@ -11,12 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from leaninfer.benchmarks.load.launch import stop_server, wait_healthy
 from leaninfer.finops.config import FinOpsConfig
 from leaninfer.finops.money import to_nano
 from leaninfer.finops.price_list import PriceList, save_price_list
@@ -41,30 +40,17 @@ def transformers_serve(tmp_path_factory, tiny_gpt2):
     tiny_gpt2.tokenizer.save_pretrained(folder)
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([str(EXE if EXE.exists() else "transformers"), "serve", str(folder), "--device", "cpu",
-                             "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    log = folder.parent / "transformers-serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(EXE if EXE.exists() else "transformers"), "serve", str(folder), "--device",
+                                 "cpu", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail("transformers serve exited: " + proc.stdout.read().decode()[-2000:])
-            time.sleep(0.1)
-        else:
-            pytest.fail("transformers serve did not start")
+        wait_healthy(proc, url, "transformers serve", log, timeout_s=120)
         yield url, str(folder)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def test_transformers_serve_behind_a_front(transformers_serve, tmp_path):

@@ -17,6 +17,8 @@ import time
 
 import uvicorn
 
+from ..asgi_fakes import read_json
+
 PROMPT_TOKENS = 3  # what the fake reports for any prompt
 WORDS = 5  # chunks of an ok stream (fewer if max_tokens is smaller): one reported token each
 
@@ -30,13 +32,7 @@ class FakeUpstream:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            msg = await receive()
-            raw += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        body = json.loads(raw)
+        body = await read_json(receive)
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"").decode()
         path = scope["path"]

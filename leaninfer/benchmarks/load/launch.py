@@ -45,19 +45,28 @@ def start_server(args: list[str], port: int | None = None, *, log: Path | None =
     if log is not None:
         out.close()
     url = f"http://127.0.0.1:{port}"
+    wait_healthy(proc, url, f"`leaninfer serve {shlex.join(args)}`", log, timeout_s)
+    return proc, url
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, what: str, log: Path | None = None,
+                 timeout_s: float = 300.0) -> None:
+    """Until the server ``proc`` started answers ``url``/health with 200 (any OpenAI-compatible server: leaninfer,
+    ``transformers serve``); a :class:`LeaninferError` naming ``what`` (and the tail of ``log``) if it exits or
+    stays silent for ``timeout_s``, when it is stopped."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = " | ".join(log.read_text().strip().splitlines()[-3:]) if log is not None else ""
-            raise LeaninferError(f"`leaninfer serve {shlex.join(args)}` exited with {proc.returncode}: {tail}")
+            raise LeaninferError(f"{what} exited with {proc.returncode}: {tail}")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     stop_server(proc)
-    raise LeaninferError(f"`leaninfer serve {shlex.join(args)}` did not answer /health within {timeout_s:.0f} s")
+    raise LeaninferError(f"{what} did not answer /health within {timeout_s:.0f} s")
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:

@@ -14,6 +14,7 @@ from ..engines.core import GenEvent
 from ..engines.logprobs import TokenLogprob
 from .logprob_format import CompletionLogprobs, TokenTexts, chat_logprobs, merge
 from .openai_format import CompletionFormat
+from .tools import ToolPlan
 
 
 @dataclass
@@ -35,12 +36,14 @@ class Choices:
     """
 
     def __init__(self, fmt: CompletionFormat, texts: TokenTexts, prompt: list[int], n: int, generated: int,
-                 logprobs: bool, scored_prompt: bool = False):
+                 logprobs: bool, scored_prompt: bool = False, tools: ToolPlan | None = None):
         self.fmt, self.texts, self.prompt = fmt, texts, prompt
         self.n, self.generated, self.logprobs, self.scored_prompt = n, generated, logprobs, scored_prompt
         self.candidates = [_Candidate() for _ in range(generated)]
         self._streamed = [CompletionLogprobs(texts) for _ in range(generated)]
         self._opened: set[int] = set()
+        self.tools = tools  # a chat's tools in play: each choice's text is read for calls
+        self._tool_out = [tools.output() for _ in range(generated)] if tools is not None else None
 
     # -- whole ----------------------------------------------------------------------------------------------
     def add(self, ev: GenEvent) -> None:
@@ -57,7 +60,13 @@ class Choices:
         ranked = self.candidates
         if self.generated > self.n:
             ranked = sorted(ranked, key=lambda c: -c.mean_logprob())[: self.n]
+        if self.tools is not None:
+            return [self._tool_choice(i, c) for i, c in enumerate(ranked)]
         return [self.fmt.choice(i, "".join(c.parts), c.reason, self._logprobs_of(c)) for i, c in enumerate(ranked)]
+
+    def _tool_choice(self, index: int, c: _Candidate) -> dict:
+        content, calls, reason = self.tools.output().message("".join(c.parts), c.reason)
+        return self.fmt.choice(index, content, reason, self._logprobs_of(c), tool_calls=calls)
 
     def _logprobs_of(self, c: _Candidate) -> dict | None:
         if not self.logprobs:
@@ -87,8 +96,26 @@ class Choices:
         lp = None
         if self.logprobs and ev.logprobs:
             lp = chat_logprobs(self.texts, ev.logprobs) if self.fmt.chat else self._streamed[i].of(ev.logprobs)
+        if self._tool_out is not None:
+            return out + self._tool_chunks(ev, lp)
         if ev.text or lp:
             out.append(self.fmt.chunk(ev.text, index=i, logprobs=lp))
         if ev.finish_reason:
             out.append(self.fmt.chunk(None, ev.finish_reason, index=i))
+        return out
+
+    def _tool_chunks(self, ev: GenEvent, lp: dict | None) -> list[bytes]:
+        """A chat choice's text as content and tool-call deltas (the tokens' logprobs ride on the first)."""
+        tool_out = self._tool_out[ev.index]
+        deltas = tool_out.feed(ev.text)
+        reason = None
+        if ev.finish_reason:
+            more, reason = tool_out.finish(ev.finish_reason)
+            deltas += more
+        if lp and not deltas:
+            deltas = [{}]
+        out = [self.fmt.chunk(index=ev.index, delta=d, logprobs=lp if k == 0 else None)
+               for k, d in enumerate(deltas)]
+        if reason:
+            out.append(self.fmt.chunk(None, reason, index=ev.index))
         return out

@@ -1,8 +1,8 @@
 """A request on an upstream variant: forwarded, and its answer (whole or streamed) relayed with ``usage``
 rewritten to the gate's charge, however it ends.
 
-What is sent: the client's request as leaninfer's schemas validated it (what they refuse for local models,
-tools or structured output say, is refused here too: tool definitions' tokens would escape the reservation),
+What is sent: the client's request as leaninfer's schemas validated it (what they refuse for local models is
+refused here too; tool definitions and calls count in the prompt's bound),
 with ``model`` the upstream's model id, an explicit ``max_tokens`` where the client gave none (256 for a chat,
 16 for a completion: the reservation covers exactly what may be generated, ``n`` or ``best_of`` times), and,
 for a stream, ``stream_options.include_usage`` on.
@@ -79,8 +79,10 @@ def input_bound(req) -> int:
         16
     """
     if isinstance(req, ChatCompletionRequest):
-        return PER_CHAT + sum(len(m.text().encode()) + len(m.role) + PER_MESSAGE
-                              + (len(json.dumps(m.model_extra)) if m.model_extra else 0) for m in req.messages)
+        # the tools' definitions are rendered into the prompt too: their JSON's bytes bound their tokens
+        tools = len(json.dumps([t.model_dump(exclude_none=True) for t in req.tools]).encode()) if req.tools else 0
+        return PER_CHAT + tools + sum(len(m.text().encode()) + len(m.role) + PER_MESSAGE
+                                      + len(m.extra_text().encode()) for m in req.messages)
     return _text_tokens(req.input if isinstance(req, EmbeddingRequest) else req.prompt)
 
 
@@ -105,6 +107,13 @@ class Seen:
         if isinstance(text, str) and text:
             self.n_bytes += len(text.encode())
             self.pieces += 1
+
+    def add_message(self, msg) -> None:
+        """A chat message or delta: its content, and its tool calls' JSON (their names and arguments)."""
+        if isinstance(msg, dict):
+            self.add(msg.get("content"))
+            if isinstance(msg.get("tool_calls"), list) and msg["tool_calls"]:
+                self.add(json.dumps(msg["tool_calls"]))
 
 
 @dataclass
@@ -208,7 +217,7 @@ class Forwarding:
             for choice in data["choices"]:
                 if isinstance(choice, dict):
                     msg = choice.get("message")
-                    seen.add(msg.get("content") if isinstance(msg, dict) else choice.get("text"))
+                    seen.add_message(msg) if isinstance(msg, dict) else seen.add(choice.get("text"))
         data["usage"] = self._charge(request, adm, opened, seen)
         data["model"] = self.upstream.name
         ctx.body = data
@@ -241,7 +250,7 @@ class Forwarding:
                 for c in choices if isinstance(choices, list) else ():
                     if isinstance(c, dict):
                         delta = c.get("delta")
-                        seen.add(delta.get("content") if chat and isinstance(delta, dict) else c.get("text"))
+                        seen.add_message(delta) if chat else seen.add(c.get("text"))
                         seen.finished = seen.finished or bool(c.get("finish_reason"))
                 if seen.first_token_s is None and seen.pieces:
                     seen.first_token_s = time.perf_counter() - opened.t0

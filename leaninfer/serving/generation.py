@@ -34,6 +34,7 @@ from .protocol import (
 )
 from .request_size import messages_size, text_size
 from .state import ServedModel
+from .tools import ToolPlan
 
 
 async def completions(request: Request):
@@ -80,11 +81,12 @@ def _sampling(s: ServedModel, req, n_prompt: int, chat: bool, grammar) -> Sampli
                           prompt_logprobs=prompt_logprobs, grammar=grammar)
 
 
-def _grammar(s: ServedModel, response_format):
+def _grammar(s: ServedModel, response_format, param: str = "response_format"):
     try:
         return json_grammar(s.model, constraint(response_format))
     except UnsupportedSchemaError as e:
-        raise OpenAIError(400, f"response_format: this JSON schema is not supported: {e}", param="response_format",
+        what = "a function's parameters schema" if param == "tools" else "this JSON schema"
+        raise OpenAIError(400, f"{param}: {what} is not supported: {e}", param=param,
                           code="unsupported_schema") from None
 
 
@@ -102,7 +104,7 @@ async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
         nonlocal req, big
         ctx.check_labels()
         req = await read_body(request, schema)
-        size = messages_size(req.messages) if chat else text_size(req.prompt)
+        size = messages_size(req.messages, req.tools) if chat else text_size(req.prompt)
         big = sized(request, size, "messages" if chat else "prompt") > OFFLOAD_CHARS
         return req.model, req.user
 
@@ -113,18 +115,22 @@ async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
             fwd = Forwarding.of(request, ctx.endpoint, req, state.upstreams[v.name])
             return fwd.plan(request)
         s = state.served[v.name]
-        prompt = await (off_loop_if(big, chat_prompt, s, req.messages) if chat
+        tools = ToolPlan(req, s.model.tokenizer) if chat and req.tool_mode() is not None else None
+        prompt = await (off_loop_if(big, chat_prompt, s, req.messages, tools) if chat
                         else off_loop_if(big, completion_prompt, s, req.prompt))
         # Everything that may refuse comes before submit: from submit on, every path must end the sequence.
         fmt = CompletionFormat(s.name, chat, echo=echo_text(s, req.prompt, prompt) if getattr(req, "echo", 0)
                                else "")
         # a schema's grammar is compiled off the loop: a tokenizer's first one is converted (~0.3 s)
-        grammar = await off_loop_if(req.response_format is not None, _grammar, s, req.response_format)
+        constrained = tools.response_format() if tools is not None else None
+        fmt_param = "tools" if constrained else "response_format"
+        constrained = constrained or req.response_format
+        grammar = await off_loop_if(constrained is not None, _grammar, s, constrained, fmt_param)
         params = _sampling(s, req, len(prompt), chat, grammar)
         generated = req.n if chat else (req.best_of or req.n)
         choices = Choices(fmt, token_texts(s.model.tokenizer), prompt, req.n, generated,
                           logprobs=bool(req.logprobs) if chat else req.logprobs is not None,
-                          scored_prompt=params.prompt_logprobs is not None)
+                          scored_prompt=params.prompt_logprobs is not None, tools=tools)
         # a stream is answered as it is generated: never from the cache
         cacheable = None if req.stream else answer_params(req)
         # The worst case of the work: every candidate to max_tokens, their prompt prefilled once; scoring the

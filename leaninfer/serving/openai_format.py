@@ -92,11 +92,15 @@ class CompletionFormat:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
                 **extra}
 
-    def choice(self, index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
-        """One choice of a whole response (a text completion's ``text`` with its echo ahead)."""
+    def choice(self, index: int, text: str | None, finish_reason: str | None, logprobs: dict | None = None,
+               tool_calls: list[dict] | None = None) -> dict:
+        """One choice of a whole response (a text completion's ``text`` with its echo ahead; a chat message's
+        ``tool_calls`` where it made calls, its content then None unless it wrote text besides)."""
         if self.chat:
-            return {"index": index, "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish_reason, "logprobs": logprobs}
+            message = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            return {"index": index, "message": message, "finish_reason": finish_reason, "logprobs": logprobs}
         return {"index": index, "text": self.echo + text, "finish_reason": finish_reason, "logprobs": logprobs}
 
     def response(self, text: str | list[dict], finish_reason: str | None = None, usage: dict | None = None) -> dict:
@@ -110,11 +114,13 @@ class CompletionFormat:
         return "chat.completion.chunk" if self.chat else "text_completion"
 
     def chunk(self, text: str | None = None, finish_reason: str | None = None, first: bool = False,
-              index: int = 0, logprobs: dict | None = None) -> bytes:
+              index: int = 0, logprobs: dict | None = None, delta: dict | None = None) -> bytes:
         """One streamed delta of choice ``index``. A chat stream opens with an empty assistant message
-        (``first``), as OpenAI's; a text stream with ``echo`` opens with the prompt's text."""
+        (``first``), as OpenAI's; a text stream with ``echo`` opens with the prompt's text. ``delta``: a chat
+        delta given whole (a tool call's)."""
         if self.chat:
-            delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
+            if delta is None:
+                delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
             choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         else:
             text = self.echo if first else text

@@ -11,8 +11,10 @@ import weakref
 
 from tokenizers import Tokenizer
 
+from ..models.tool_calls import renders_tools, template_messages
 from .protocol import ChatMessage, OpenAIError
 from .state import ServedModel
+from .tools import ToolPlan
 
 MAX_EMBED_INPUTS = 2048
 
@@ -107,12 +109,18 @@ def echo_text(s: ServedModel, prompt: str | list, ids: list[int]) -> str:
     return prompt if isinstance(prompt, str) else s.model.tokenizer.decode(ids)
 
 
-def chat_prompt(s: ServedModel, messages: list[ChatMessage]) -> list[int]:
-    """Token ids of a conversation through the model's own chat template, ready for the assistant's turn."""
+def chat_prompt(s: ServedModel, messages: list[ChatMessage], tools: ToolPlan | None = None,
+                generation_prompt: bool = True) -> list[int]:
+    """Token ids of a conversation through the model's own chat template, ready for the assistant's turn (or
+    not: ``generation_prompt``), with the request's tools where they are in play (:mod:`.tools`)."""
     tok = s.model.tokenizer
-    msgs = [{"role": m.role, "content": m.text()} for m in messages]
+    msgs = template_messages(messages, with_tools=renders_tools(tok))
+    note = tools.system_note() if tools is not None else None
+    if note:
+        msgs = [{"role": "system", "content": note}, *msgs]
+    kw = {"tools": tools.template_tools()} if tools is not None and tools.template_tools() else {}
     try:
-        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        text = tok.apply_chat_template(msgs, add_generation_prompt=generation_prompt, tokenize=False, **kw)
     except Exception as e:  # a template that refuses this conversation (e.g. roles out of order)
         raise OpenAIError(400, f"the model's chat template rejected the messages: {e}", param="messages",
                           code="invalid_value") from None

@@ -274,17 +274,82 @@ class TextPart(BaseModel):
     _unicode = field_validator("text", mode="before")(_check_unicode)
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for a function's name
+MAX_TOOLS = 128  # OpenAI's bound on the tools of one request
+
+
+class FunctionCall(BaseModel):
+    """A call an assistant made (a message of the conversation sent back): ``arguments`` is JSON text."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = Field(..., pattern=FUNCTION_NAME)
+    arguments: str = Field(..., description="the arguments as a JSON object's text")
+
+    _unicode = field_validator("arguments", mode="before")(_check_unicode)
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    id: str = Field(..., min_length=1, max_length=MAX_NAME)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    _unicode = field_validator("id", mode="before")(_check_unicode)
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls (role assistant)")
+    tool_call_id: str | None = Field(None, max_length=MAX_NAME, description="the call a tool message answers")
+    name: str | None = Field(None, max_length=MAX_NAME)
 
-    _unicode = field_validator("content", mode="before")(_check_unicode)
+    _unicode = field_validator("content", "tool_call_id", "name", mode="before")(_check_unicode)
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+    def extra_text(self) -> str:
+        """Everything of the message a template may render besides its role and content, as JSON text (its
+        tool calls, the id a tool result answers, fields of newer API versions): what size bounds count."""
+        extra = {**(self.model_extra or {})}
+        if self.tool_calls:
+            extra["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            extra["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            extra["name"] = self.name
+        return json.dumps(extra) if extra else ""
+
+
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = Field(..., pattern=FUNCTION_NAME)
+    description: str | None = Field(None, max_length=2**20)
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema of the arguments object")
+    strict: bool | None = None
+
+    _unicode = field_validator("description", mode="before")(_check_unicode)
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["function"]
+    function: ToolFunction
+
+
+class _ChosenFunction(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = Field(..., pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["function"]
+    function: _ChosenFunction
 
 
 class ChatCompletionRequest(_GenReq):
@@ -293,9 +358,12 @@ class ChatCompletionRequest(_GenReq):
     logprobs: bool | None = Field(None, description="the log-probability of each generated token")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="with logprobs: this many most "
                                                                              "likely alternatives per token")
-    tools: Annotated[list[Any] | None, _served_only(None, [], what="tool calls")] = None
-    tool_choice: Annotated[str | dict[str, Any] | None, _served_only(
-        None, "none", "auto", what="tool calls")] = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS, description="functions the model may call: "
+                                     "rendered by its chat template; calls come back in message.tool_calls")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description='"auto" (the default with tools), "none", "required" or {"type": "function", '
+                          '"function": {"name": ...}}: a required or named call is constrained by its schema')
+    parallel_tool_calls: bool | None = None
     functions: Annotated[list[Any] | None, _served_only(None, [], what="function calls")] = None
     function_call: Annotated[str | dict[str, Any] | None, _served_only(
         None, "none", "auto", what="function calls")] = None
@@ -309,6 +377,34 @@ class ChatCompletionRequest(_GenReq):
         if v and not info.data.get("logprobs"):  # 0 asks for nothing: clients send it by default
             raise ValueError("top_logprobs needs logprobs: true")
         return v
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, v):
+        names = [t.function.name for t in v or ()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"function names must be unique; given more than once: {', '.join(twice)}")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, v, info):  # tools is validated before it (declared earlier)
+        names = [t.function.name for t in info.data.get("tools") or ()]
+        if isinstance(v, NamedToolChoice) and v.function.name not in names:
+            raise ValueError(f"names function {v.function.name!r}, which is not among tools "
+                             f"({', '.join(names) or 'none given'})")
+        if v == "required" and not names:
+            raise ValueError('"required" needs tools to call')
+        return v
+
+    def tool_mode(self) -> str | None:
+        """None (no tools in play), "auto", "required" or the name of the function that must be called."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or "auto"
 
 
 _GEN_ANSWER = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "ignore_eos", "n",
@@ -345,7 +441,12 @@ def answer_params(req: _Req) -> dict:
     out["response_format"] = constraint(req.response_format)
     out["n"] = req.n if req.n > 1 else None  # the default keeps the keys that were written before n was served
     if isinstance(req, ChatCompletionRequest):
-        out["messages"] = [[m.role, m.text()] for m in req.messages]
+        # everything a template renders: two conversations differing in a tool call or its id are two prompts
+        out["messages"] = [[m.role, m.text()] + ([extra] if (extra := m.extra_text()) else [])
+                           for m in req.messages]
+        if req.tool_mode() is not None:
+            out["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+            out["tool_choice"] = req.tool_mode()
         out["max_tokens"] = req.max_completion_tokens or req.max_tokens
         out["logprobs"] = req.logprobs or None  # false is no logprobs
         out["top_logprobs"] = req.top_logprobs if req.logprobs else None

@@ -8,7 +8,9 @@ given. Limits are server options (``--max-request-chars``, ``--max-request-items
 
 from __future__ import annotations
 
-from .protocol import ChatMessage, OpenAIError
+import json
+
+from .protocol import ChatMessage, OpenAIError, Tool
 
 
 def text_size(value) -> tuple[int, int]:
@@ -27,9 +29,13 @@ def text_size(value) -> tuple[int, int]:
     return sum(len(x) for x in value), len(value)
 
 
-def messages_size(messages: list[ChatMessage]) -> tuple[int, int]:
-    """(characters, items) of a chat: the text of every message, and the number of messages."""
-    return sum(len(m.text()) for m in messages), len(messages)
+def messages_size(messages: list[ChatMessage], tools: list[Tool] | None = None) -> tuple[int, int]:
+    """(characters, items) of a chat: the text of every message (its tool calls too) and of the tools'
+    definitions, and the number of messages."""
+    chars = sum(len(m.text()) + len(m.extra_text()) for m in messages)
+    if tools:
+        chars += len(json.dumps([t.model_dump(exclude_none=True) for t in tools]))
+    return chars, len(messages)
 
 
 def check_size(chars: int, items: int, param: str, max_chars: int, max_items: int) -> None:

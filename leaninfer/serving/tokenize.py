@@ -58,7 +58,7 @@ async def tokenize(request: Request) -> dict:
     s = _served(request, req.model)
     tok = s.model.tokenizer
     if req.messages is not None:
-        ids = chat_prompt(s, req.messages) if req.add_generation_prompt else _chat_no_prompt(s, req.messages)
+        ids = chat_prompt(s, req.messages, generation_prompt=req.add_generation_prompt)
     elif req.add_special_tokens:
         ids = text_ids(tok, req.prompt)
     else:
@@ -66,17 +66,6 @@ async def tokenize(request: Request) -> dict:
     texts = token_texts(tok)
     return {"count": len(ids), "max_model_len": s.model.max_seq_length, "tokens": ids,
             "token_strs": [texts(t) for t in ids] if req.return_token_strs else None}
-
-
-def _chat_no_prompt(s: ServedModel, messages: list[ChatMessage]) -> list[int]:
-    tok = s.model.tokenizer
-    try:
-        text = tok.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages],
-                                       add_generation_prompt=False, tokenize=False)
-    except Exception as e:
-        raise OpenAIError(400, f"the model's chat template rejected the messages: {e}", param="messages",
-                          code="invalid_value") from None
-    return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
 async def detokenize(request: Request) -> dict:

@@ -174,6 +174,9 @@ BASE = {"emb": EMB, "comp": COMP, "chat": CHAT}
 HUGE = 232276198894203238102318912110592  # the reproduction: past 64 bits
 DEEP = "[" * 500 + "1" + "]" * 500  # parseable, deeper than pydantic or a cache key would like
 VERY_DEEP = "[" * 100_000 + "]" * 100_000
+_TOOL = {"type": "function", "function": {"name": "f", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["a"],
+    "additionalProperties": False}}}
 
 
 def _raw(endpoint: str, tail: str) -> bytes:
@@ -270,6 +273,24 @@ CASES = [
     ("extra-minus-zero", "emb", {"x": -0.0}, {}, 200, None),
     ("seed-as-float", "comp", _raw("comp", '"seed": 1.0'), {}, 400, "seed"),
     ("seed-1e2", "comp", _raw("comp", '"seed": 1e2'), {}, 400, "seed"),
+    # tools: a constrained call is served on a model without a tool template, "auto" is not; hostile names,
+    # arguments and schemas are refused by name
+    ("tools-required", "chat", {"tools": [_TOOL], "tool_choice": "required", "max_tokens": 30}, {}, 200, None),
+    ("tools-auto-no-template", "chat", {"tools": [_TOOL]}, {}, 400, "tool_choice"),
+    ("tool-name-nul", "chat", {"tools": [{"type": "function", "function": {"name": "f\x00"}}],
+                               "tool_choice": "required"}, {}, 400, "tools.function.name"),
+    ("tool-choice-unknown", "chat", {"tools": [_TOOL], "tool_choice": {"type": "function",
+                                                                       "function": {"name": "g"}}},
+     {}, 400, "tool_choice"),
+    ("tool-schema-not-an-object", "chat", {"tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"x": {"type": 7}}}}}],
+        "tool_choice": "required"}, {}, 400, "tools"),
+    ("tool-schema-deep", "chat", _raw("chat", '"tool_choice": "required", "tools": [{"type": "function", '
+                                              f'"function": {{"name": "f", "parameters": {{"x": {DEEP}}}}}}}]'),
+     {}, 400, "tools"),
+    ("tool-call-arguments-huge", "chat", {"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c\x00", "type": "function", "function": {"name": "f", "arguments": f'{{"a": {HUGE}, "b": 1e400}}'}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "\x00"}, {"role": "user", "content": "hi"}]}, {}, 200, None),
 ]
 
 

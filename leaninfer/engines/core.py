@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.grammar import GrammarDeadEnd
 from ..models.runner import PromptScores, Runner
 from .logprobs import TokenLogprob, prompt_logprobs, token_logprob
 
@@ -412,7 +413,7 @@ class Sampler:
         # allowed only once the grammar accepts; logit columns past the grammar's vocabulary never are.
         allowed = np.flatnonzero(self.matcher.allowed()[:width])
         if not len(allowed):
-            raise RuntimeError("the grammar allows no token of this model's vocabulary")
+            raise GrammarDeadEnd("the grammar allows no token of this model's vocabulary")
         return allowed
 
     def _adjusted(self, logits: np.ndarray) -> np.ndarray:
@@ -505,6 +506,8 @@ class GenEvent:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     error: str | None = None
+    # with "error": the request's own doing, not the server's (its grammar reached a dead end on this model)
+    request_error: bool = False
     logprobs: list[TokenLogprob] | None = None  # one per token of ``tokens``, when the request asked
     prompt_logprobs: list[TokenLogprob | None] | None = None  # on a sequence's first event, when asked
     index: int = 0  # which of a request's ``n`` sequences (set by whoever submitted it)
@@ -790,11 +793,12 @@ class GenerationScheduler:
                     s._next = tok
                     s.on_event(s, GenEvent(text=text, tokens=[tok], logprobs=lp, prompt_logprobs=plp))
             except Exception as e:  # a failing request never fails its neighbours
-                self._finish(s, "error", error=f"{type(e).__name__}: {e}")
+                self._finish(s, "error", error=f"{type(e).__name__}: {e}",
+                             request_error=isinstance(e, GrammarDeadEnd))
 
     def _finish(self, seq: GenSequence, reason: str, text: str = "", tokens: list[int] | None = None,
                 error: str | None = None, logprobs: list[TokenLogprob] | None = None,
-                prompt_logprobs: list[TokenLogprob | None] | None = None) -> None:
+                prompt_logprobs: list[TokenLogprob | None] | None = None, request_error: bool = False) -> None:
         if seq.finish_reason is not None:
             return
         seq.finish_reason = reason
@@ -803,7 +807,8 @@ class GenerationScheduler:
             self._leaving.append(seq.id)  # released with the others of this step: see _release_leaving
         try:
             seq.on_event(seq, GenEvent(text=text, tokens=tokens or [], finish_reason=reason, error=error,
-                                       logprobs=logprobs, prompt_logprobs=prompt_logprobs))
+                                       request_error=request_error, logprobs=logprobs,
+                                       prompt_logprobs=prompt_logprobs))
         except Exception:
             pass
 

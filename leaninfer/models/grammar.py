@@ -23,6 +23,11 @@ class UnsupportedSchemaError(ValueError):
     """The schema (or response_format) can't be compiled; the message names the construct."""
 
 
+class GrammarDeadEnd(RuntimeError):
+    """Mid-generation, the grammar allows no token this model can write next (a WordPiece vocabulary lacking
+    what the schema needs at that point): the schema can't be completed on this model."""
+
+
 _TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (vocab, LLTokenizer)
 
 
@@ -156,7 +161,7 @@ class Matcher:
         """A bool mask over the vocabulary: EOS is in it only once the grammar accepts."""
         self._fill(self._m, self._bits, 0)
         if self._m.is_error():
-            raise RuntimeError(f"grammar error: {self._m.get_error()}")
+            raise GrammarDeadEnd(f"grammar error: {self._m.get_error()}")
         mask = np.unpackbits(self._bits[0].view(np.uint8), bitorder="little")[: self._n].astype(bool)
         if self._forbidden is not None:
             mask &= ~self._forbidden
@@ -164,7 +169,7 @@ class Matcher:
 
     def advance(self, token: int) -> None:
         if not self._m.consume_token(int(token)):
-            raise RuntimeError(f"grammar refused token {token}: {self._m.get_error()}")
+            raise GrammarDeadEnd(f"grammar refused token {token}: {self._m.get_error()}")
 
     def done(self) -> bool:
         """The grammar is complete and allows nothing more (the JSON value is closed)."""

@@ -147,7 +147,7 @@ async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
     s, handle, n_prompt = state.served[adm.variant.name], adm.work, len(prompt)
     if req.stream:
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-        return ReleasingStream(_stream(request, s, adm, choices, include_usage, n_prompt),
+        return ReleasingStream(_stream(request, s, adm, choices, include_usage, n_prompt, req),
                                on_end=lambda outcome: _stream_ended(request, s, adm, ctx.endpoint, outcome,
                                                                     n_prompt),
                                media_type="text/event-stream",
@@ -156,7 +156,7 @@ async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
     async def collect():
         async for ev in handle:
             if ev.finish_reason == "error":
-                raise OpenAIError(500, f"generation failed: {ev.error}", type="server_error")
+                raise _failed(ev, req)
             choices.add(ev)
 
     try:
@@ -166,6 +166,17 @@ async def _generate(request: Request, ctx: Ctx, schema, chat: bool):
         usage = _finish(request, s, adm, n_prompt)
     ctx.body = fmt.response(choices.bodies(), usage=usage)
     return JSONResponse(ctx.body)
+
+
+def _failed(ev, req) -> OpenAIError:
+    """The error of a sequence that failed: the request's own (its grammar reached a dead end on this model's
+    vocabulary: a 400 naming the constraint) or the server's (a 500)."""
+    if ev.request_error:
+        param = "response_format" if getattr(req, "response_format", None) else "tools"
+        return OpenAIError(400, f"{param}: this model's vocabulary can't complete the constrained output "
+                                f"({ev.error}); simplify the schema or use a model with a byte-level tokenizer",
+                           param=param, code="unsupported_schema")
+    return OpenAIError(500, f"generation failed: {ev.error}", type="server_error")
 
 
 def _finish(request: Request, s: ServedModel, adm: Admission, n_prompt: int) -> dict:
@@ -196,7 +207,7 @@ def _stream_ended(request: Request, s: ServedModel, adm: Admission, endpoint: st
 
 
 async def _stream(request: Request, s: ServedModel, adm: Admission, choices: Choices, include_usage: bool,
-                  n_prompt: int):
+                  n_prompt: int, req):
     """The SSE body. Its :class:`ReleasingStream` frees the slot and counts hang-ups, however it ends; the
     ledger row of a complete stream is committed before its usage chunk and ``[DONE]`` leave."""
     metrics = request.app.state.metrics
@@ -207,9 +218,11 @@ async def _stream(request: Request, s: ServedModel, adm: Admission, choices: Cho
         yield chunk
     async for ev in adm.work:
         if ev.finish_reason == "error":
-            metrics.server_errors.labels(endpoint, "500").inc()  # the status line said 200; the error is a 5xx
-            status, error_type = 500, "server_error"
-            yield sse(OpenAIError(500, f"generation failed: {ev.error}", type="server_error").body())
+            error = _failed(ev, req)
+            if error.status >= 500:  # the status line said 200; the error is a 5xx
+                metrics.server_errors.labels(endpoint, str(error.status)).inc()
+            status, error_type = error.status, error.type
+            yield sse(error.body())
             break
         for chunk in choices.chunks(ev):
             yield chunk

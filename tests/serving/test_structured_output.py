@@ -199,3 +199,59 @@ def test_the_response_cache_key_includes_the_constraint():
     # what doesn't change the output doesn't split the cache
     assert key({**FORMAT, "json_schema": {**FORMAT["json_schema"], "strict": False, "description": "d"}}) == key(FORMAT)
     assert key(FORMAT, CompletionRequest) != key(None, CompletionRequest)
+
+
+class _DeadEndGrammar:
+    """A grammar that allows any token for ``steps`` tokens, then none: what a schema can do mid-way on a
+    vocabulary that lacks what it needs next."""
+
+    def __init__(self, vocab: int, steps: int):
+        self.vocab, self.steps = vocab, steps
+
+    def matcher(self):
+        import numpy as np
+
+        from leaninfer.models.grammar import GrammarDeadEnd
+
+        grammar, taken = self, []
+
+        class M:
+            def allowed(self):
+                if len(taken) >= grammar.steps:
+                    raise GrammarDeadEnd("grammar error: no token continues it")
+                return np.ones(grammar.vocab, dtype=bool)
+
+            def advance(self, tok):
+                taken.append(tok)
+
+            def done(self):
+                return False
+        return M()
+
+    def decode(self, ids):
+        return "x" * len(ids)
+
+
+def test_a_grammar_dead_end_mid_generation_is_the_requests_400_not_a_500(served, monkeypatch):
+    from leaninfer.serving import generation
+
+    monkeypatch.setattr(generation, "json_grammar", lambda model, fmt: _DeadEndGrammar(30522, 3))
+    async def main():
+        async with app_client(served) as c:
+            for stream in (False, True):
+                r = await c.post("/v1/chat/completions", json={**CHAT, "stream": stream, "max_tokens": 10,
+                                                               "response_format": {"type": "json_object"}})
+                if not stream:
+                    assert r.status_code == 400, r.text
+                    err = r.json()["error"]
+                else:  # the status line has gone: the stream's last event is the error
+                    assert r.status_code == 200
+                    err = _events(r.text)[-1]["error"]
+                assert err["code"] == "unsupported_schema" and err["param"] == "response_format"
+                assert "can't complete" in err["message"] and err["type"] == "invalid_request_error"
+            # a free request alongside is untouched
+            free = await c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3})
+            assert free.status_code == 200
+            metrics = (await c.get("/metrics")).text
+            assert 'leaninfer_server_errors_total{endpoint="chat.completions",status="500"}' not in metrics
+    asyncio.run(main())

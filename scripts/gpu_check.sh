@@ -11,12 +11,14 @@ if [ -d .whl ]; then
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } | tee "$OUT/gpu.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py tests/steps/test_steps.py tests/models -k "cuda or CUDA" 2>&1 | tail -25 | tee "$OUT/pytest_cuda.log"
-timeout 130 python3 -m leaninfer.cli bench --model random:bert-base --variants fp32,fp16,bf16 --device cuda \
+timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py tests/steps/test_steps.py tests/models -k "cuda or CUDA" 2>&1 | tail -25 | tee "$OUT/pytest_cuda.log"
+timeout 100 python3 -m leaninfer.cli bench --model random:bert-base --variants fp32,fp16,bf16 --device cuda \
   --batch-sizes 32,128 --seq-lens 128 --hardware h100-sxm --out /tmp/bench-embed 2>&1 | tail -30 | tee "$OUT/bench_embed.log"
-timeout 200 python3 -m leaninfer.cli bench --suite gpu --out /tmp/bench-gpu 2>&1 | tail -40 | tee "$OUT/bench_gen.log"
-timeout 240 python3 scripts/gpu_decode.py "$OUT" 2>&1 | tail -20 | tee "$OUT/gpu_decode.log"
-for d in bench-embed bench-gpu; do
+# decode per step: leaninfer's modes beside transformers static+compile, % of the read-only bound
+timeout 200 python3 scripts/gpu_decode.py "$OUT" 2>&1 | tail -20 | tee "$OUT/gpu_decode.log"
+# serving under load: 1, 16, 64 streams of 128 + 128 tokens; the decode graphs captured before and after the load
+timeout 150 bash scripts/gpu_serve_load.sh "$OUT" 2>&1 | tail -20 | tee "$OUT/gpu_serve_load.log"
+for d in bench-embed; do
   for f in /tmp/$d/*.md /tmp/$d/*.json; do [ -f "$f" ] && cp "$f" "$OUT/${d}_$(basename "$f")"; done
 done
 ls -la "$OUT"

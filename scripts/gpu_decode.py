@@ -1,56 +1,122 @@
-"""GPU decode: eager vs static-shape vs CUDA-graph decode of one model, per-step time and % of the HBM bound.
+"""GPU decode per step: leaninfer's decode modes beside transformers' static cache + compile, and the % of the
+read bound each reaches.
 
-Run on a GPU machine (part of scripts/gpu_check.sh):  python3 scripts/gpu_decode.py [OUT_DIR]
-Each decode mode (``LEANINFER_DECODE``) drives the runner the server uses (``Model.runner()``) through the benchmark worker's
-``measure_generation``; the bandwidth bound of a decode step is the bytes of weights it reads (the model's
-weight bytes) over the GPU's measured device-to-device copy bandwidth.
+Run on a GPU machine (a stage of scripts/gpu_check.sh):  python3 scripts/gpu_decode.py [OUT_DIR]
+
+- leaninfer: each decode mode (``dynamic``, ``static``: the slot pool eager, ``cuda-graphs``: the slot pool with
+  a graph per batch bucket, the CUDA default) through the benchmark worker's ``measure_generation``, i.e. the
+  scheduler and runner the server steps; per-step time is the median inter-token latency, prompt 128, 64 new
+  tokens, bf16.
+- the peer: ``model.generate(cache_implementation="static")`` of transformers, which compiles its decode step;
+  per step = (time of 64 new tokens - time of 2) / 62, after two warm-up calls; in a child process with a
+  timeout (its compile has taken minutes at batch 8), so one slow peer can't eat the stage.
+- the bound of a step: the weight bytes it reads over the GPU's read bandwidth measured read-only (a reduction
+  over 4 GiB: ``measures.measure_bandwidth``), and over the HBM spec of its hardware profile; both labelled.
+  (The first version divided by half a device copy's bandwidth, which overstated the % about 2x.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+MODELS = ["random:qwen2.5-0.5b", "random:llama-3.2-1b"]
+BATCHES = [1, 8]
+PROMPT, NEW = 128, 64
+PEER_TIMEOUT_S = 100
+SPECS_GB_S = {"H200": 4800.0, "H100": 3350.0}  # HBM spec (hardware_profiles.yaml: h200, h100-sxm)
 
-import leaninfer
-from leaninfer.benchmarks.worker import measure_generation
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-out")
-out.mkdir(parents=True, exist_ok=True)
-model = leaninfer.load("random:qwen2.5-0.5b", device="cuda", dtype="bf16")
-weight_bytes = model.weight_bytes()
+def peer(model_ref: str, batch: int) -> dict:
+    """transformers static cache + compile: per-step seconds (in this process)."""
+    import torch
 
-buf = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")  # 1 GiB copied: read + write per byte
-dst = torch.empty_like(buf)
-for _ in range(3):
-    dst.copy_(buf)
-torch.cuda.synchronize()
-t0 = time.perf_counter()
-for _ in range(10):
-    dst.copy_(buf)
-torch.cuda.synchronize()
-read_bw = 2 * 10 * buf.numel() / (time.perf_counter() - t0) / 2  # bytes read per second (copy = read + write)
-del buf, dst
+    import leaninfer
 
-rows = []
-for decode in ("dynamic", "static", "cuda-graphs"):
-    os.environ["LEANINFER_DECODE"] = decode  # what Model.runner() reads, as in `leaninfer bench`/`serve`
-    for batch in (1, 8):
+    m = leaninfer.load(model_ref, device="cuda", dtype="bf16")
+    ids = torch.randint(1000, 2000, (batch, PROMPT), device="cuda")
+    mask = torch.ones_like(ids)
+
+    def run(new: int) -> float:
+        torch.cuda.synchronize()
         t0 = time.perf_counter()
-        try:
-            r = measure_generation(model, batch, 128, 64, 3)
-        except Exception as e:  # record and go on: one failing mode must not hide the others
-            rows.append({"decode": decode, "batch": batch, "error": f"{type(e).__name__}: {e}"[:500]})
-            continue
-        step_s = r["inter_token"]["p50_ms"] / 1000
-        rows.append({"decode": decode, "batch": batch, "itl_p50_ms": r["inter_token"]["p50_ms"],
-                     "itl_p95_ms": r["inter_token"]["p95_ms"], "decode_tokens_per_s": r["decode_tokens_per_s"],
-                     "pct_of_hbm_bound": 100 * weight_bytes / step_s / read_bw, "wall_s": time.perf_counter() - t0})
-        print(rows[-1], flush=True)
-result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "weight_bytes": weight_bytes,
-          "measured_read_bytes_per_s": read_bw, "rows": rows}
-(out / "gpu_decode.json").write_text(json.dumps(result, indent=2))
+        m.module.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                          do_sample=False, cache_implementation="static", pad_token_id=0)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for _ in range(2):
+        run(NEW)
+    t_long = min(run(NEW) for _ in range(3))
+    t_short = min(run(2) for _ in range(3))
+    return {"step_ms": 1000 * (t_long - t_short) / (NEW - 2)}
+
+
+def main(out: Path) -> None:
+    import torch
+
+    import leaninfer
+    from leaninfer.benchmarks.measures import measure_bandwidth
+    from leaninfer.benchmarks.worker import measure_generation
+
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name()
+    read = measure_bandwidth(buffer_bytes=4 * 2**30, repeats=5, device="cuda")
+    spec = next((v for k, v in SPECS_GB_S.items() if k in gpu), None)
+    rows = []
+    for ref in MODELS:
+        model = leaninfer.load(ref, device="cuda", dtype="bf16")
+        weights = model.weight_bytes()
+        for decode in ("dynamic", "static", "cuda-graphs"):
+            for batch in BATCHES:
+                t0 = time.perf_counter()
+                row = {"model": ref, "decode": decode, "batch": batch}
+                os.environ["LEANINFER_DECODE"] = decode  # what Model.runner() reads, in the worker as in serve
+                try:
+                    r = measure_generation(model, batch, PROMPT, NEW, 3)
+                    row.update(step_ms=r["inter_token"]["p50_ms"], itl_p95_ms=r["inter_token"]["p95_ms"],
+                               decode_tokens_per_s=r["decode_tokens_per_s"])
+                except Exception as e:  # record and go on: one failing mode must not hide the others
+                    row["error"] = f"{type(e).__name__}: {e}"[:500]
+                rows.append(_bound(row, weights, read.read_gb_per_s, spec, t0))
+                print(rows[-1], flush=True)
+        os.environ.pop("LEANINFER_DECODE")
+        del model
+        torch.cuda.empty_cache()
+        for batch in BATCHES:
+            t0 = time.perf_counter()
+            row = {"model": ref, "decode": "transformers static+compile", "batch": batch}
+            try:
+                done = subprocess.run([sys.executable, __file__, "--peer", ref, str(batch)], capture_output=True,
+                                      text=True, timeout=PEER_TIMEOUT_S)
+                row.update(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
+                           else {"error": done.stderr[-500:]})
+            except subprocess.TimeoutExpired:
+                row["error"] = f"did not finish within {PEER_TIMEOUT_S} s (compiling)"
+            rows.append(_bound(row, weights, read.read_gb_per_s, spec, t0))
+            print(rows[-1], flush=True)
+    result = {"gpu": gpu, "torch": torch.__version__, "read_gb_per_s_measured": read.read_gb_per_s,
+              "copy_gb_per_s_measured": read.copy_gb_per_s, "hbm_spec_gb_per_s": spec, "rows": rows}
+    (out / "gpu_decode.json").write_text(json.dumps(result, indent=2))
+
+
+def _bound(row: dict, weights: int, read_gb_s: float, spec_gb_s: float | None, t0: float) -> dict:
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
+    if "step_ms" in row:
+        bound_ms = 1000 * weights / (read_gb_s * 1e9)
+        row["read_bound_ms"] = bound_ms
+        row["pct_of_measured_read_bound"] = 100 * bound_ms / row["step_ms"]
+        if spec_gb_s:
+            row["pct_of_hbm_spec_bound"] = 100 * 1000 * weights / (spec_gb_s * 1e9) / row["step_ms"]
+    return row
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--peer"]:
+        print(json.dumps(peer(sys.argv[2], int(sys.argv[3]))))
+    else:
+        main(Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-out"))

@@ -23,13 +23,53 @@ def test_greedy_generation_on_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("decode", ["static", "cuda-graphs"])
-def test_static_and_cuda_graph_decode_give_the_dynamic_tokens_on_cuda(decode):
+def test_slot_pool_and_cuda_graph_decode_give_the_dynamic_tokens_on_cuda(decode):
     from leaninfer.models import greedy_generate
 
     m = leaninfer.load("random:tiny-llama", device="cuda")
+    assert type(m.runner()).__name__ == "SlotPoolRunner" and m.runner().cuda_graphs  # the CUDA default
     prompts = [m.tokenizer(p)["input_ids"] for p in ["a prompt", "a longer prompt with more words", "x"]]
     ref = greedy_generate(m.runner("dynamic"), prompts, 20, None)
-    assert greedy_generate(m.runner(decode), prompts, 20, None) == ref
+    runner = m.runner(decode, max_rows=4)
+    runner.warmup()
+    assert greedy_generate(runner, prompts, 20, None) == ref
+
+
+def test_200_joins_and_leaves_capture_nothing_after_warmup_and_keep_the_tokens():
+    """Arrivals and departures at varying batch sizes (every bucket of an 8-slot pool), through the scheduler
+    the server steps: the graphs captured at warm-up serve them all, nothing is compiled, tokens unchanged."""
+    import random
+
+    import torch
+
+    from leaninfer.engines.core import GenerationScheduler, GenSequence, SamplingParams
+
+    m = leaninfer.load("random:tiny-llama", device="cuda")
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1000, 5000) for _ in range(rng.randrange(1, 40))] for _ in range(200)]
+    lengths = [rng.randrange(1, 24) for _ in range(200)]
+
+    def serve(runner):
+        s = GenerationScheduler(runner, max_batch_size=8, eos_token_id=None)
+        seqs = []
+        for i, (p, k) in enumerate(zip(prompts, lengths, strict=True)):
+            seqs.append(s.submit(GenSequence(prompt=p, params=SamplingParams(max_tokens=k, temperature=0),
+                                             on_event=lambda q, e: None)))
+            if i % 3 == 0:  # arrivals spread over the steps: rows join and leave all along
+                s.step()
+        while s.has_work():
+            s.step()
+        return [q.output for q in seqs], s
+
+    want, _ = serve(m.runner("dynamic"))
+    runner = m.runner("cuda-graphs", max_rows=8)
+    info = runner.warmup()
+    assert info["captured"] == [1, 2, 4, 8]
+    captures, compiles = runner.captures, torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    got, sched = serve(runner)
+    assert got == want
+    assert runner.captures == captures and torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiles
+    assert {1, 2, 4, 8} <= {runner.bucket_for(b - 1) for b in sched.batch_sizes}  # every bucket served
 
 
 @pytest.mark.parametrize("step", ["fp16", "bf16"])

@@ -176,6 +176,14 @@ def measure_variant(job: dict) -> dict:
     return out
 
 
+def _warm(runner):
+    """A runner as a server holds it before its first request: its decode pool allocated and, on CUDA, its
+    graphs captured (``SlotPoolRunner.warmup``), so no pass times a capture."""
+    if hasattr(runner, "warmup"):
+        runner.warmup()
+    return runner
+
+
 def measure_generation(model, batch: int, prompt_tokens: int, gen_tokens: int, repeats: int) -> dict:
     """Generation as the server runs it: its scheduler over the model's runner, every model call timed.
 
@@ -193,7 +201,8 @@ def measure_generation(model, batch: int, prompt_tokens: int, gen_tokens: int, r
     def one_pass():
         calls: list[tuple[str, float]] = []
         scheduler = GenerationScheduler(
-            model.runner(), max_batch_size=batch, max_batch_tokens=batch * (prompt_tokens + gen_tokens),
+            _warm(model.runner(max_rows=batch)), max_batch_size=batch,
+            max_batch_tokens=batch * (prompt_tokens + gen_tokens),
             eos_token_id=model.eos_token_id, max_seq_len=prompt_tokens + gen_tokens + 1,
             on_step=lambda kind, seconds, rows: calls.append((kind, seconds)))
         seqs = [scheduler.submit(GenSequence(prompt=p, params=params, on_event=lambda s, e: None,

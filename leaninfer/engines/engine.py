@@ -573,11 +573,22 @@ class GenerationEngine(_EngineBase):
     def __init__(self, model, name, config, metrics, usd_per_hour, runner=None):
         super().__init__(model, name, config, metrics, usd_per_hour)
         self.scheduler = GenerationScheduler(
-            runner or model.runner(), max_batch_size=config.max_batch_size,
+            runner or model.runner(max_rows=config.max_batch_size), max_batch_size=config.max_batch_size,
             max_batch_tokens=config.max_batch_tokens, eos_token_id=model.eos_token_id,
             max_seq_len=model.max_seq_length, clock=time.perf_counter, on_step=self._on_step)
         tok = model.tokenizer
         self.decode_text = lambda ids: tok.decode(ids, skip_special_tokens=True)
+
+    def start(self) -> None:
+        # before the engine thread and before /health is green: a slot pool allocates, a CUDA one captures its
+        # decode graphs (models/slot_runner.py), so that serving captures and compiles nothing
+        warmup = getattr(self.scheduler.runner, "warmup", None)
+        if warmup is not None:
+            t0 = time.perf_counter()
+            info = warmup()
+            log.info("model %r: decode warm-up in %.2f s: %s", self.name, time.perf_counter() - t0, info)
+            self.metrics.graph_captures.labels(self.name).set(self.scheduler.runner.captures)
+        super().start()
 
     def pending(self) -> int:
         s = self.scheduler
@@ -638,6 +649,9 @@ class GenerationEngine(_EngineBase):
     def _on_step(self, kind: str, seconds: float, rows: int) -> None:
         self._record_busy(seconds)
         self.metrics.batch_size.labels(self.name, kind).observe(rows)
+        captures = getattr(self.scheduler.runner, "captures", None)
+        if captures is not None:
+            self.metrics.graph_captures.labels(self.name).set(captures)
 
     def _run(self, lane: int) -> None:  # one lane: the scheduler steps one running batch
         s = self.scheduler

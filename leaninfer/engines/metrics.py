@@ -54,6 +54,9 @@ class ServerMetrics:
                                      ["endpoint", "status"], registry=r)
         self.engine_up = Gauge("leaninfer_engine_up", "1 while the model's engine thread runs, 0 once it died",
                                ["model"], registry=r)
+        self.graph_captures = Gauge("leaninfer_decode_graph_captures", "CUDA graphs the decode slot pool has "
+                                    "captured (at start-up; again only if its capacity doubled)", ["model"],
+                                    registry=r)
         self.cost = Counter("leaninfer_cost_usd_total", "engine cost of served requests (busy time x price)",
                             ["model"], registry=r)
 

@@ -140,9 +140,10 @@ class Model:
         """float32 logits [batch, seq, vocab] for one tokenized batch."""
         raise NotImplementedError(f"{self.backend} models of task {self.task} give no logits")
 
-    def runner(self) -> Runner:
-        """A fresh :class:`~leaninfer.models.runner.Runner` over this model: the one decode path, shared by
-        ``generate``, the benchmark worker and the server. Here: recompute the prefix each step."""
+    def runner(self, max_rows: int = 64) -> Runner:
+        """A fresh :class:`~leaninfer.models.runner.Runner` over this model for at most ``max_rows`` sequences at
+        once: the one decode path, shared by ``generate``, the benchmark worker and the server. Here: recompute
+        the prefix each step."""
         self._require("causal-lm")
         return RecomputeRunner(self)
 
@@ -157,7 +158,8 @@ class Model:
         """
         self._require("causal-lm")
         ids = [list(p) if not isinstance(p, str) else self.tokenizer(p)["input_ids"] for p in prompts]
-        return greedy_generate(self.runner(), ids, max_new_tokens, self.eos_token_id, self.max_seq_length)
+        return greedy_generate(self.runner(max_rows=max(1, len(ids))), ids, max_new_tokens, self.eos_token_id,
+                               self.max_seq_length)
 
     @property
     def eos_token_id(self) -> int | None:

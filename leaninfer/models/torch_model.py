@@ -19,7 +19,7 @@ from ..errors import LeaninferError, UnknownModelError
 from .base import Model
 from .formats import register_format, register_handle
 from .presets import RandomPreset, bundled_tokenizer, known_references, prepare_tokenizer
-from .static_runner import StaticKVRunner
+from .slot_runner import SlotPoolRunner
 from .structure_map import apply_structure_map, structure_map
 from .torch_modules import (
     auto_class,
@@ -113,19 +113,22 @@ class TorchModel(Model):
         with torch.inference_mode():
             return self.module(**self._inputs(enc)).logits.float().cpu().numpy()
 
-    def runner(self, decode: str | None = None) -> KVCacheRunner:
-        """The KV-cache runner. ``decode`` (default: ``$LEANINFER_DECODE``, else ``dynamic``): ``dynamic`` (a
-        cache that grows in place; the fastest on CPUs), ``static`` (static shapes) or ``cuda-graphs`` (static
-        shapes replayed as CUDA graphs; CUDA only)."""
+    def runner(self, decode: str | None = None, max_rows: int = 64) -> KVCacheRunner:
+        """The KV-cache runner for at most ``max_rows`` sequences at once. ``decode`` (default:
+        ``$LEANINFER_DECODE``, else ``cuda-graphs`` on CUDA and ``dynamic`` elsewhere): ``dynamic`` (a cache that
+        grows in place; the fastest on CPUs), ``static`` (a slot pool: static shapes, ``slot_runner.py``) or
+        ``cuda-graphs`` (the slot pool's decode steps replayed as CUDA graphs; CUDA only)."""
         self._require("causal-lm")
-        decode = decode or os.environ.get("LEANINFER_DECODE") or "dynamic"
+        cuda = str(self.device).startswith("cuda")
+        decode = decode or os.environ.get("LEANINFER_DECODE") or ("cuda-graphs" if cuda else "dynamic")
         if decode not in DECODE_MODES:
             raise LeaninferError(f"unknown decode mode {decode!r}; valid: {', '.join(DECODE_MODES)}")
         if decode == "dynamic":
             return KVCacheRunner(self)
-        if decode == "cuda-graphs" and not str(self.device).startswith("cuda"):
+        if decode == "cuda-graphs" and not cuda:
             raise LeaninferError(f"decode mode 'cuda-graphs' needs a CUDA device; this model is on {self.device!r}")
-        return StaticKVRunner(self, cuda_graphs=decode == "cuda-graphs")
+        return SlotPoolRunner(self, slots=max_rows, cuda_graphs=decode == "cuda-graphs",
+                              max_seq_len=self.max_seq_length)
 
     def copy(self, **changes) -> TorchModel:
         """A handle on a deep copy of the module, with ``changes`` to its fields (steps transform copies;

@@ -73,7 +73,9 @@ class KVCacheRunner:
     def prefill_scoring(self, seq_ids, prompts, top):
         return self._prefill(seq_ids, prompts, list(top))
 
-    def _prefill(self, seq_ids, prompts, top):
+    def _prefill_batch(self, prompts, top):
+        """The newcomers prefilled as their own left-padded batch: ``(logits of each last position, prompt
+        scores or None, [(keys, values)] per layer, real lengths, padded width)``."""
         torch = self.torch
         enc = pad_left_or_right(prompts, self.pad_id, left=True)
         ids = torch.from_numpy(enc["input_ids"]).to(self.device)
@@ -88,12 +90,16 @@ class KVCacheRunner:
                       for r, (p, k) in enumerate(zip(prompts, top, strict=True))]
             logits = logits[:, -1, :]
         new_len = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-        new_pad = ids.shape[1] - new_len
-        new_kv = self._kv(cache)
+        return logits, scores, self._kv(cache), new_len, int(ids.shape[1])
+
+    def _prefill(self, seq_ids, prompts, top):
+        torch = self.torch
+        logits, scores, new_kv, new_len, width = self._prefill_batch(prompts, top)
+        new_pad = width - new_len
         if self.cache is None:
             kv, pad, length = new_kv, new_pad, new_len
         else:
-            old_kv, w_old, w_new = self._current_kv(), self.width, ids.shape[1]
+            old_kv, w_old, w_new = self._current_kv(), self.width, width
             w = max(w_old, w_new)
             kv = [(torch.cat([_lpad(ko, w), _lpad(kn, w)]), torch.cat([_lpad(vo, w), _lpad(vn, w)]))
                   for (ko, vo), (kn, vn) in zip(old_kv, new_kv, strict=True)]

@@ -13,7 +13,7 @@ from leaninfer.models import RecomputeRunner
 from leaninfer.models.runner import greedy_generate
 
 PROMPTS = ["the cat sat on the mat", "hello", "a much longer prompt with quite a few more words in it"]
-RUNNERS = [lambda m: m.runner(), RecomputeRunner]
+RUNNERS = [lambda m: m.runner(), RecomputeRunner, lambda m: m.runner("static")]
 
 
 def _ids(m, text):
@@ -38,7 +38,7 @@ class Recording:
         self.events.append(ev)
 
 
-@pytest.mark.parametrize("runner_of", RUNNERS, ids=["kv-cache", "recompute"])
+@pytest.mark.parametrize("runner_of", RUNNERS, ids=["kv-cache", "recompute", "slot-pool"])
 def test_echo_logprobs_equal_log_softmax_of_the_models_logits(tiny_gpt2, runner_of):
     m = tiny_gpt2
     s = GenerationScheduler(runner_of(m), max_batch_size=8, eos_token_id=None)
@@ -68,7 +68,7 @@ def test_echo_logprobs_equal_log_softmax_of_the_models_logits(tiny_gpt2, runner_
             assert e.token == ids[k + 1]
 
 
-@pytest.mark.parametrize("runner_of", RUNNERS, ids=["kv-cache", "recompute"])
+@pytest.mark.parametrize("runner_of", RUNNERS, ids=["kv-cache", "recompute", "slot-pool"])
 def test_sampled_logprobs_come_from_the_logits_that_sampled(tiny_gpt2, runner_of):
     m = tiny_gpt2
     ids = _ids(m, PROMPTS[0])
@@ -127,7 +127,7 @@ class CountingRunner:
         return self.inner.release(ids)
 
 
-@pytest.mark.parametrize("runner_of", RUNNERS, ids=["kv-cache", "recompute"])
+@pytest.mark.parametrize("runner_of", RUNNERS, ids=["kv-cache", "recompute", "slot-pool"])
 def test_n_sequences_share_one_prefill_and_decode_as_if_alone(tiny_gpt2, runner_of):
     m = tiny_gpt2
     ids = _ids(m, PROMPTS[0])

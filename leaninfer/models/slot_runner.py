@@ -12,7 +12,9 @@ Design note (issue 21). vLLM and SGLang decode the same way, with paged blocks w
   over ``[0, length[s]]`` under a 4D additive mask (transformers passes a 4D mask through untouched); a free
   slot inside the bucket computes a pad token at its own column 0, masked and discarded.
 - Capacity starts at ``min(max_seq_len, INITIAL_CAPACITY)`` and doubles when a row would pass it: the pool is
-  copied (rare, logged), and the graphs are captured again.
+  copied (rare, logged), and the graphs are captured again. Every slot grows with it: one long conversation
+  costs ``slots`` times its length in memory, where paged blocks would cost its own length (the price of one
+  slot a row).
 - With ``cuda_graphs``, one graph per bucket is captured by :meth:`SlotPoolRunner.warmup` (the server calls it
   before ``/health`` is green: serving captures nothing after, unless capacity doubles) and replayed per step;
   its inputs (token, position) are copied into static buffers, its logits read from a static one. Capture is

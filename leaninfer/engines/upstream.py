@@ -1,19 +1,21 @@
 """The client of an upstream engine: an OpenAI-compatible endpoint (vLLM, TGI, ``transformers serve``, another
 leaninfer, a hosted API) that a served name forwards to.
 
-Pooled ``httpx.AsyncClient`` connections, with a connect timeout and a read timeout (the longest the upstream
-may stay silent), and typed errors (:mod:`.errors`) for every way it can fail: the server in front turns them
-into answers and the gate into fallbacks. It knows HTTP as a client and nothing of budgets.
+Pooled ``aiohttp`` connections, with a connect timeout, a read timeout (the longest the upstream may stay
+silent) and the request's deadline over all, and typed errors (:mod:`.errors`) for every way it can fail: the
+server in front turns them into answers and the gate into fallbacks. It knows HTTP as a client and nothing of
+budgets.
 
-The pool is split into :data:`POOL_SHARDS` clients, taken in turn. Why: httpcore's pool, on every request and
-every response, walks all its connections and polls each idle one's socket (``has_expired`` ->
-``select.poll``; encode/httpcore#928): with 32 requests in flight that walk was 30% of a front's CPU in
-front of a fast upstream (py-spy, minilm embeddings, 2 vCPUs). Shards of a few connections each keep it short.
+Why aiohttp, not httpx: in front of a fast upstream the client's own CPU per request is the front's overhead.
+httpcore's pool polls every idle socket on every request (encode/httpcore#928) and its sends over anyio were
+~14% of a front's CPU (py-spy, minilm embeddings, 2 vCPUs); aiohttp (C-accelerated parser; closed connections
+dropped by the event loop's callback, not polled) is ~5% of the loop's busy time, and a front reaches 0.85-0.91
+of its upstream's req/s where it reached 0.76 (docs/upstream.md, "Overhead").
 
 A request is *opened* (sent, and the status line read: whatever the upstream refuses is known then, so a
 route can still try its next candidate), then read: a whole JSON body, or a stream of server-sent events.
 
-The key (``Authorization: Bearer``) lives in the client's default headers only: it is never logged, and any
+The key (``Authorization: Bearer``) lives in the session's default headers only: it is never logged, and any
 message that could echo it (an upstream's error text) has it replaced by ``***``.
 """
 
@@ -21,27 +23,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import orjson
+from yarl import URL
 
 from .errors import UpstreamBadResponse, UpstreamDown, UpstreamError, UpstreamRejected
 
 log = logging.getLogger("leaninfer.upstream")
 
 CONNECT_TIMEOUT_S = 5.0
+KEEPALIVE_S = 4.0  # an idle connection is dropped before the upstream drops it (uvicorn's default is 5 s)
 MAX_ERROR_BYTES = 64 * 1024  # of an upstream's error body: enough for its message
 MAX_BODY_BYTES = 512 * 1024 * 1024  # of an answer (2,048 embeddings of 8,192 floats as JSON fit)
 MAX_RETRY_AFTER_S = 3600
-POOL_SHARDS = 8
 REJECTED = (400, 413, 422)  # the request itself was refused: the client's to fix, passed on
 BUSY = (429, 503)
+JSON_HEADERS = {"Content-Type": "application/json"}
+# a failure to connect (refused, DNS, TLS, the connect timeout): the upstream was never reached
+UNREACHABLE = (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)
+# what a read may raise once the status line came: the connection dropped, a malformed body or chunk
+BROKEN = (aiohttp.ClientError, ValueError)
 
 
 class UpstreamClient:
@@ -59,81 +65,82 @@ class UpstreamClient:
         self.name, self.base_url = name, base_url.rstrip("/") + "/"
         self.timeout_s, self.connect_timeout_s, self.max_connections = timeout_s, connect_timeout_s, max_connections
         self._key = api_key or None
-        self._shards: list[httpx.AsyncClient] = []
-        self._next = itertools.cycle(range(POOL_SHARDS))
+        self._http: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
         self.in_flight = 0  # opened and not yet closed: the route's view of this upstream's load
 
     def start(self) -> None:
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        per_shard = max(1, math.ceil(self.max_connections / POOL_SHARDS))
-        self._shards = [httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, follow_redirects=False,
-            timeout=httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s, pool=self.timeout_s),
-            limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard))
-            for _ in range(POOL_SHARDS)]
+        # no total: the request's deadline bounds it (open, read); sock_read: the longest silence
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=self.timeout_s)
+        connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_S)
+        self._http = aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout,
+                                           trust_env=False, raise_for_status=False)
 
     async def aclose(self) -> None:
-        shards, self._shards = self._shards, []
-        await asyncio.gather(*(c.aclose() for c in shards))
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
     def scrub(self, text: str) -> str:
         """``text`` without the key in it (an upstream may echo what it was sent)."""
         return text.replace(self._key, "***") if self._key else text
 
+    def _url(self, path: str) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
+
     async def open(self, path: str, body: dict, deadline_s: float) -> Opened:
         """Send ``body`` to ``path`` (relative to the base URL) and read the status line, within
         ``deadline_s``. Returns the open response on a 200; raises an :class:`UpstreamError` otherwise."""
-        if not self._shards:
+        http = self._http
+        if http is None or http.closed:
             raise UpstreamDown(f"upstream {self.name!r} is not started (the server is starting or stopping)",
                                "upstream_unreachable")
-        http = self._shards[next(self._next)]
-        request = http.build_request("POST", path, content=_encode(body),
-                                     headers={"Content-Type": "application/json"})
+        data = _encode(body)
         t0 = time.perf_counter()
         self.in_flight += 1
         resp = None
         try:
             async with asyncio.timeout(deadline_s):
-                resp = await http.send(request, stream=True)
-                if resp.status_code != 200:
+                resp = await http.post(self._url(path), data=data, headers=JSON_HEADERS, allow_redirects=False)
+                if resp.status != 200:
                     await self._refused(resp)
-        except (TimeoutError, httpx.HTTPError) as e:
-            await self._abandon(resp)
+        except (TimeoutError, aiohttp.ClientError) as e:
+            self._abandon(resp)
             raise self._error(e, deadline_s) from None
         except BaseException:  # refused (an UpstreamError), or cancelled: the client left
-            await self._abandon(resp)
+            self._abandon(resp)
             raise
         return Opened(self, resp, t0)
 
-    async def _abandon(self, resp: httpx.Response | None) -> None:
+    def _abandon(self, resp: aiohttp.ClientResponse | None) -> None:
         self.in_flight -= 1
         if resp is not None:
-            with contextlib.suppress(Exception):
-                await resp.aclose()
+            resp.close()
 
     def _error(self, e: BaseException, deadline_s: float) -> UpstreamDown:
         """A transport failure (or the deadline) as the typed error it is."""
-        if isinstance(e, (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout)):
-            return UpstreamDown(f"upstream {self.name!r} did not answer within {deadline_s:g} s", "upstream_timeout")
-        if isinstance(e, httpx.PoolTimeout):
-            return UpstreamDown(f"all {self.max_connections} connections to upstream {self.name!r} are busy",
-                                "upstream_busy", retry_after_s=1)
-        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
+        if isinstance(e, UNREACHABLE):
             return UpstreamDown(f"upstream {self.name!r} could not be reached ({type(e).__name__})",
                                 "upstream_unreachable")
+        if isinstance(e, TimeoutError):  # the deadline (a wait for a free connection included), or sock_read
+            return UpstreamDown(f"upstream {self.name!r} did not answer within {deadline_s:g} s", "upstream_timeout")
         # the connection dropped before the status line, say
         return UpstreamDown(f"upstream {self.name!r} failed before answering ({type(e).__name__})",
                             "upstream_failed")
 
-    async def _refused(self, resp: httpx.Response) -> None:
+    async def _refused(self, resp: aiohttp.ClientResponse) -> None:
         """Raise what a non-200 answer means, with the upstream's own message where it is the client's."""
         raw = b""
-        with contextlib.suppress(httpx.HTTPError):
-            async for chunk in resp.aiter_bytes():
+        with contextlib.suppress(*BROKEN):
+            async for chunk in resp.content.iter_any():
                 raw += chunk
                 if len(raw) >= MAX_ERROR_BYTES:
                     break
-        status = resp.status_code
+        status = resp.status
         said = self.scrub(_error_message(raw))[:500]
         where = f"upstream {self.name!r} answered {status}"
         if status in BUSY:
@@ -152,11 +159,12 @@ class Opened:
     :meth:`aclose` (idempotent) releases the connection; a stream not read to its end is closed, which is
     how the upstream learns that the client went away."""
 
-    def __init__(self, client: UpstreamClient, resp: httpx.Response, t0: float):
+    def __init__(self, client: UpstreamClient, resp: aiohttp.ClientResponse, t0: float):
         self.client, self.resp, self.t0 = client, resp, t0
         self.first_byte_s: float | None = None  # since open()
         self.done = False  # a stream ended with [DONE]
         self.closed = False
+        self._whole = False  # the body was read to its end: the connection goes back to the pool
 
     @property
     def name(self) -> str:
@@ -167,29 +175,78 @@ class Opened:
             self.closed = True
             self.client.in_flight -= 1
             with contextlib.suppress(Exception):
-                await self.resp.aclose()
+                if self._whole:
+                    self.resp.release()
+                else:  # unread: the connection is closed, not reused (the upstream sees the client leave)
+                    self.resp.close()
 
     async def read(self, deadline_s: float) -> bytes:
         """The whole body (a non-streamed answer), within ``deadline_s``."""
         body = bytearray()
         try:
             async with asyncio.timeout(deadline_s):
-                async for chunk in self.resp.aiter_bytes():
+                async for chunk in self.resp.content.iter_any():
                     if self.first_byte_s is None:
                         self.first_byte_s = time.perf_counter() - self.t0
                     body += chunk
                     if len(body) > MAX_BODY_BYTES:
                         raise UpstreamBadResponse(f"upstream {self.name!r} answered more than {MAX_BODY_BYTES} "
                                                   "bytes")
-        except (TimeoutError, httpx.TimeoutException):
+            self._whole = True
+        except TimeoutError:  # the deadline, or a silence past sock_read (aiohttp's SocketTimeoutError)
             raise UpstreamDown(f"upstream {self.name!r} did not finish its answer within {deadline_s:g} s",
                                "upstream_timeout") from None
-        except httpx.HTTPError as e:
+        except BROKEN as e:
             raise UpstreamBadResponse(f"upstream {self.name!r}: its answer broke off ({type(e).__name__})",
                                       "upstream_stream_broken") from None
         finally:
             await self.aclose()
         return bytes(body)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """The body as it comes, up to the end or a break; what arrived before a break included."""
+        content = self.resp.content
+        try:
+            async for chunk in content.iter_any():
+                yield chunk
+        except BROKEN:
+            # aiohttp's reader raises a break as soon as it is told of it, dropping what it had buffered
+            # (StreamReader.readany): the events the upstream sent before it broke are still relayed and counted,
+            # as the upstream generated them. Private, hence the getattr; tests/serving/test_upstream.py's reset
+            # drill fails if it goes.
+            left = getattr(content, "_buffer", None)
+            if left:
+                tail = b"".join(left)
+                left.clear()
+                yield tail
+            raise
+
+    async def _lines(self) -> AsyncIterator[str]:
+        """The body's lines (split at LF, CRLF or CR, as server-sent events are), decoded as UTF-8. A line that
+        comes in many pieces is joined once, when its end comes."""
+        pending: list[bytes] = []  # the start of a line whose end has not come (a trailing CR kept: half a CRLF?)
+        size = 0
+        async for chunk in self._chunks():
+            if self.first_byte_s is None:
+                self.first_byte_s = time.perf_counter() - self.t0
+            if b"\n" not in chunk and b"\r" not in chunk:
+                pending.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise UpstreamBadResponse(f"upstream {self.name!r} sent a stream line of more than "
+                                              f"{MAX_BODY_BYTES} bytes")
+                continue
+            rest = b"".join(pending) + chunk if pending else chunk
+            keep_cr = rest.endswith(b"\r")
+            *lines, rest = _split_lines(rest[:-1] if keep_cr else rest)
+            for line in lines:
+                yield line.decode("utf-8", "replace")
+            pending = [rest + b"\r"] if keep_cr else [rest] if rest else []
+            size = len(rest)
+        if pending:
+            for line in _split_lines(b"".join(pending)):
+                if line:
+                    yield line.decode("utf-8", "replace")
 
     async def events(self) -> AsyncIterator[dict]:
         """The JSON objects of a server-sent event stream, up to ``[DONE]``. A silence longer than the client's
@@ -197,9 +254,7 @@ class Opened:
         object, or an error event are raised as :class:`UpstreamError`."""
         name = self.name
         try:
-            async for line in self.resp.aiter_lines():
-                if self.first_byte_s is None:
-                    self.first_byte_s = time.perf_counter() - self.t0
+            async for line in self._lines():
                 if not line.startswith("data:"):
                     continue  # blank separators, comments (": ping"), event:/id:/retry: fields
                 data = line[5:].strip()
@@ -207,8 +262,8 @@ class Opened:
                     self.done = True
                     return
                 try:
-                    obj = json.loads(data)
-                except ValueError:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError:
                     raise UpstreamBadResponse(f"upstream {name!r} sent a stream event that is not JSON") from None
                 if not isinstance(obj, dict):
                     raise UpstreamBadResponse(f"upstream {name!r} sent a stream event that is not a JSON object")
@@ -216,12 +271,19 @@ class Opened:
                     said = self.client.scrub(_error_message(json.dumps(obj).encode()))[:500]
                     raise UpstreamBadResponse(f"upstream {name!r} failed mid-stream: {said}", "upstream_failed")
                 yield obj
-        except httpx.TimeoutException:
+        except TimeoutError:  # a silence past sock_read
             raise UpstreamDown(f"upstream {name!r} sent nothing for {self.client.timeout_s:g} s",
                                "upstream_timeout") from None
-        except httpx.HTTPError as e:
+        except BROKEN as e:
             raise UpstreamBadResponse(f"upstream {name!r}: the stream broke off ({type(e).__name__})",
                                       "upstream_stream_broken") from None
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """``data`` split at LF, CRLF and CR; the last item is what follows the last line end (maybe empty)."""
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data.split(b"\n")
 
 
 def _encode(body: dict) -> bytes:

@@ -25,8 +25,8 @@ from .demo import run_demo
 from .endpoint import EndpointEmbedder, api_key_from_env, open_endpoint
 from .errors import LeaninferError
 from .evaluate import evaluate
+from .finops import budgets_cli, keys_cli
 from .finops import cli as finops_cli
-from .finops import keys_cli
 from .finops.price_list import PriceList, load_price_list, save_price_list
 from .listing import DATA, NAME, TEXT, listing_table, print_listing
 from .logs import quiet_libraries
@@ -268,6 +268,7 @@ bench_cli.register(app, user_errors)
 serve_cli.register(app, user_errors)
 load_cli.register(app, user_errors)
 keys_cli.register(app, user_errors)
+budgets_cli.register(app, user_errors)
 finops_cli.register(app, user_errors)
 
 

@@ -311,6 +311,7 @@ class WebhookSink:
         self.url = url
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.failed = 0  # POSTs that failed or were refused (a one-shot sender reports it)
         self._thread = threading.Thread(target=self._run, name="leaninfer-alert-webhook", daemon=True)
         self._thread.start()
 
@@ -320,6 +321,16 @@ class WebhookSink:
         except queue.Full:
             log.warning("alert webhook %s is behind (%d events queued): dropped %s %s of %s %r", self.url,
                         self._queue.maxsize, event.kind, event.state, event.entity_kind, event.entity)
+
+    def send(self, doc: dict, what: str) -> bool:
+        """Queue any JSON document (a spend report, say) for the same thread; False (logged) when it is full."""
+        try:
+            self._queue.put_nowait(doc)
+            return True
+        except queue.Full:
+            log.warning("alert webhook %s is behind (%d events queued): dropped %s", self.url,
+                        self._queue.maxsize, what)
+            return False
 
     def _run(self) -> None:
         while True:
@@ -331,8 +342,10 @@ class WebhookSink:
                                       headers={"Content-Type": "application/json"})
                 if r.status_code >= 400:
                     log.warning("alert webhook %s answered %d", self.url, r.status_code)
+                    self.failed += 1
             except Exception as e:  # the webhook's trouble is not the server's: say so and go on
                 log.warning("alert webhook %s failed: %s", self.url, e)
+                self.failed += 1
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (waiting at most ``timeout_s``), then stop the thread."""

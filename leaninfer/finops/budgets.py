@@ -10,6 +10,11 @@ request settles once however many times it is closed; a hold whose request never
 or a bug) is released at its expiry (:meth:`BudgetBook.reclaim`, every :data:`RECLAIM_EVERY_S`), and a dead
 server's holds as soon as another server starts (``State.reclaim_orphans``). So ``hold_s`` must outlast the
 longest request: the gate passes the request timeout plus the drain timeout plus a margin.
+
+Budgets above the key (a team's, a tag's, a model's, the organisation's, an end user's: :mod:`.scope_budgets`)
+are taken in the same step: ``reserve(key, ..., scopes)`` puts the key's budgets and those of every scope that
+covers the request into one :meth:`~.store.ports.State.reserve_scoped` call, in one global order (the key's,
+then the scopes' in :data:`.scope_budgets.KINDS` order), refused by the first that would pass its limit.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from .keys import KeyRecord
 from .money import to_nano, to_usd
+from .scope_budgets import KINDS, Covering
 from .store.ports import BudgetRefused, Hold, State
 from .windows import window_bounds
 
@@ -32,6 +38,8 @@ from .windows import window_bounds
 HOLD_S = 690.0
 LIMIT_CACHE_ENTRIES = 10_000  # keys whose budget windows are kept at once
 RECLAIM_EVERY_S = 30.0
+BUDGET_ORDER = ("usd_day", "usd_month", "usd_total", "tokens_day", "tokens_month", "tokens_total")
+_RANK = {kind: i + 1 for i, kind in enumerate(KINDS)}  # a key's account: 0
 
 
 @dataclass
@@ -47,6 +55,8 @@ class BudgetExceeded(Exception):
     reset_at: float | None  # when the window starts afresh; None for a lifetime budget
     settled: int | None = None  # None: all of ``used`` (when built without the split)
     reserved: int = 0
+    scope: str = ""  # a budget above the key: how it is named ("team search"); "" for the key's own
+    scope_id: str = ""  # and its id ("team:search", "default-user")
 
     def __post_init__(self):
         if self.settled is None:
@@ -67,7 +77,8 @@ class BudgetExceeded(Exception):
             when = "it does not reset"
         else:
             when = "it resets at " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.reset_at))
-        return (f"budget exceeded: key {self.key_id} has used {fmt(self.used)} of its {window} budget of "
+        whose = f"{self.scope} ({self.budget})" if self.scope else f"key {self.key_id}"
+        return (f"budget exceeded: {whose} has used {fmt(self.used)} of its {window} budget of "
                 f"{fmt(self.limit)} ({fmt(self.settled)} spent, {fmt(self.reserved)} reserved by requests in "
                 f"flight), and this request may cost up to {fmt(self.asked)}; {when}")
 
@@ -79,9 +90,11 @@ class Reservation:
     key_id: str
     nusd: int
     tokens: int
-    windows: dict[str, float] = field(default_factory=dict)  # budget name -> start of its window
+    windows: dict[str, float] = field(default_factory=dict)  # budget name -> start of its window (the key's)
     hold_id: str | None = None
     settled: bool = False
+    # with budgets above the key: every (account, budget, window start) reserved, in the order taken
+    scoped: list[tuple[str, str, float]] = field(default_factory=list)
 
     def clamp(self, nusd: int, tokens: int) -> tuple[int, int]:
         """The charge of a request that cost ``nusd`` and ``tokens``: never more than it reserved (a slow
@@ -138,18 +151,37 @@ class BudgetBook:
         self._limit_cache[key.key_id] = (key, now, first_end, out)
         return out
 
-    def cold(self, key: KeyRecord) -> bool:
-        """Whether reserving for ``key`` now would read the ledger (a window this process hasn't seen yet)."""
-        limits = self._limits(key, self.clock())
-        return bool(limits) and self.state.cold(key.key_id, [(b, start) for b, start, _, _ in limits])
+    def cold(self, key: KeyRecord | None, scopes: Sequence[Covering] = ()) -> bool:
+        """Whether reserving for ``key`` (and ``scopes``) now would read the ledger (a window this process
+        hasn't seen yet)."""
+        now = self.clock()
+        limits = self._limits(key, now) if key is not None else []
+        if limits and self.state.cold(key.key_id, [(b, start) for b, start, _, _ in limits]):
+            return True
+        return any(self.state.cold(c.account, [(b, start)]) for _, c, b, start, _, _ in self._scope_items(scopes, now))
 
-    def reserve(self, key: KeyRecord, nusd: int, tokens: int) -> Reservation:
-        """Take ``nusd`` nano-dollars and ``tokens`` from every budget of ``key``, or raise
-        :class:`BudgetExceeded` for the first one it would exceed (and take nothing)."""
+    def _scope_items(self, scopes: Sequence[Covering], now: float) -> list[tuple[int, Covering, str, float,
+                                                                                   float | None, int]]:
+        """``(rank, covering, budget, window start, reset, limit)`` of every budget of ``scopes``."""
+        out = []
+        for c in scopes:
+            rank = _RANK.get(c.budget.scope.partition(":")[0], _RANK["user"])  # default-user: an end user's
+            for budget, (window, limit) in c.budget.limits.budgets().items():
+                start, reset = window_bounds(window, now, self.tz)
+                out.append((rank, c, budget, start, reset, to_nano(limit) if budget.startswith("usd") else int(limit)))
+        out.sort(key=lambda i: (i[0], i[1].account, BUDGET_ORDER.index(i[2])))
+        return out
+
+    def reserve(self, key: KeyRecord | None, nusd: int, tokens: int, scopes: Sequence[Covering] = ()) -> Reservation:
+        """Take ``nusd`` nano-dollars and ``tokens`` from every budget of ``key`` and of the ``scopes`` that cover
+        the request (:func:`.scope_budgets.covering`), or raise :class:`BudgetExceeded` for the first one it would
+        exceed (and take nothing)."""
         now = self.clock()
         self._maybe_reclaim(now)
-        res = Reservation(key.key_id, nusd, tokens)
-        limits = self._limits(key, now)
+        res = Reservation(key.key_id if key else "", nusd, tokens)
+        limits = self._limits(key, now) if key is not None else []
+        if scopes:
+            return self._reserve_scoped(res, key, limits, self._scope_items(scopes, now), now)
         if not limits:
             return res
         res.hold_id = f"{self._hold_prefix}{next(self._holds):x}"
@@ -163,6 +195,28 @@ class BudgetBook:
         res.windows = {b: start for b, start, _, _ in limits}
         return res
 
+    def _reserve_scoped(self, res: Reservation, key: KeyRecord | None, limits, scoped, now: float) -> Reservation:
+        if not limits and not scoped:
+            return res
+        res.hold_id = f"{self._hold_prefix}{next(self._holds):x}"
+        items = [(res.key_id, b, start, cap, res.nusd if b.startswith("usd") else res.tokens)
+                 for b, start, _, cap in limits]
+        items += [(c.account, b, start, cap, res.nusd if b.startswith("usd") else res.tokens)
+                  for _, c, b, start, _, cap in scoped]
+        try:
+            self.state.reserve_scoped(items, Hold(res.hold_id, self.owner, now + self.hold_s), res.key_id)
+        except BudgetRefused as e:
+            if not e.account or e.account == res.key_id:
+                reset = next(r for b, _, r, _ in limits if b == e.budget)
+                raise BudgetExceeded(res.key_id, e.budget, e.limit, e.used, e.asked, reset, e.settled,
+                                     e.reserved) from None
+            _, c, _, _, reset, _ = next(i for i in scoped if i[1].account == e.account and i[2] == e.budget)
+            raise BudgetExceeded(res.key_id, e.budget, e.limit, e.used, e.asked, reset, e.settled, e.reserved,
+                                 scope=c.label, scope_id=c.budget.scope) from None
+        res.windows = {b: start for b, start, _, _ in limits}
+        res.scoped = [(k, b, start) for k, b, start, _, _ in items]
+        return res
+
     def settle(self, res: Reservation, nusd: int, tokens: int) -> tuple[int, int]:
         """Release the reservation and charge the true cost, clamped by :meth:`Reservation.clamp`; returns the
         charge ``(nusd, tokens)``. Settling twice is a no-op returning ``(0, 0)`` (a cancel racing a finish)."""
@@ -171,7 +225,15 @@ class BudgetBook:
             if res.settled:
                 return 0, 0
             res.settled = True
-        if res.windows:
+        if res.scoped:
+            items = [(k, b, start, *((res.nusd, nusd) if b.startswith("usd") else (res.tokens, tokens)))
+                     for k, b, start in res.scoped]
+            try:
+                self.state.settle_scoped(items, res.hold_id)
+            except BaseException:
+                res.settled = False  # not settled: a retry may (the hold keeps it to once)
+                raise
+        elif res.windows:
             items = [(b, start, *((res.nusd, nusd) if b.startswith("usd") else (res.tokens, tokens)))
                      for b, start in res.windows.items()]
             try:

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -22,8 +23,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import LeaninferError, valid_list
+from .export import export_events
+from .spend_report import run_cli as spend_report_cmd
 from .store import DEFAULT_STORE, open_store
-from .usage import GROUPS, PERIODS, check_by, check_period, daily_budgets, totals, usage_payload
+from .usage import GROUPS, PERIODS, check_by, check_period, daily_budgets, parse_time, totals, usage_payload
 from .usage_plot import PLOT_BY, plot_usage, save_figure
 from .windows import timezone
 
@@ -138,6 +141,14 @@ def register(app: typer.Typer, user_errors) -> None:
         plot: Path = typer.Option(None, "--plot", help="also draw spend over time against the daily budgets, "
                                                        "and the top spenders, to this PNG"),
         top: int = typer.Option(5, "--top", min=1, help="spenders drawn as their own line in --plot"),
+        export: bool = typer.Option(False, "--export", help="write the ledger rows of --since/--until as "
+                                                            "CloudEvents 1.0 JSON lines instead of a report"),
+        output: Path = typer.Option(None, "-o", "--output", help="with --export: this file (default stdout)"),
+        report: str = typer.Option(None, "--report", help="a spend summary of the last whole day or week (daily, "
+                                                          "weekly), Slack-shaped: to --webhook URL, or --print"),
+        webhook: str = typer.Option(None, "--webhook", help="with --report: POST it here (a Slack incoming "
+                                                            "webhook, or any URL taking JSON)"),
+        print_report: bool = typer.Option(False, "--print", help="with --report: print its JSON on stdout"),
     ):
         """Spend, tokens, requests, p95 latency and cache/routing savings from the ledger, grouped."""
         groups = check_by(csv_list(by))
@@ -148,8 +159,20 @@ def register(app: typer.Typer, user_errors) -> None:
         if plot is not None and plot.suffix.lstrip(".").lower() not in PLOT_FORMATS:
             raise LeaninferError(f"--plot {str(plot)!r}: give a file ending in {valid_list(PLOT_FORMATS)}")
         missing = f"give --store PATH, the file `leaninfer serve` writes (default {DEFAULT_STORE}, next to the server)"
+        if report is not None:
+            with closing(open_existing_store(store, "ledger", missing)) as st:
+                spend_report_cmd(st, report, tz, webhook, print_report)
+            return
+        if export:
+            with closing(open_existing_store(store, "ledger", missing)) as st:
+                n = export_events(st, output, parse_time(since, tz, "since"), parse_time(until, tz, "until"))
+            console.print(f"exported {n:,} ledger rows" + (f" to {markup_safe(output)}" if output else ""))
+            return
         with closing(open_existing_store(store, "ledger", missing)) as st:
             payload = usage_payload(st, groups, period, since, until, tz)
+            if "rows_since" in payload:
+                console.print(f"note: ledger rows before {datetime.fromtimestamp(payload['rows_since'], UTC):%Y-%m-%d} "
+                              "were deleted by retention; give UTC midnights (--tz UTC) for the rollups of them")
             if plot is not None:
                 plot_by = next((b for b in groups if b in PLOT_BY), "team")
                 rows = st.rows(payload["since"], payload["until"])

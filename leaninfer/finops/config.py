@@ -30,6 +30,13 @@ class FinOpsConfig(BaseModel):
                                                                       "(bind the server where only your "
                                                                       "scraper reaches it); admin: it needs "
                                                                       "an admin key, as /v1/usage does")
+    ledger_retention_days: int | None = Field(None, ge=35, description="delete ledger rows older than this "
+                                              "many days (35 at least), in short batches while serving; the "
+                                              "daily rollups stay, so reports and total budgets keep them")
+    spend_report: Literal["daily", "weekly"] | None = Field(None, description="POST a spend summary (top "
+                                                            "teams, keys, workflows, budget burn, savings; "
+                                                            "Slack-shaped) to --alert-webhook after each day or "
+                                                            "ISO week in --budget-timezone")
     max_metric_teams: int = Field(100, ge=1, description="distinct team labels in Prometheus; more: 'other'")
     shared_state: bool = Field(False, description="budgets, rate limits and the cache go through the store, "
                                                   "so several servers share them; without it a server takes "

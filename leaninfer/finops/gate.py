@@ -38,6 +38,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from ..errors import LeaninferError
+from . import spend_report
 from .alerts import PrometheusSink, SpendWatch, WebhookSink, log_sink
 from .budgets import BudgetBook, BudgetExceeded, Reservation
 from .cache import ResponseCache, cache_key, deterministic
@@ -50,6 +51,7 @@ from .money import to_usd
 from .rate_limits import RateLimited, RateLimits
 from .refusals import GovernanceUnavailable, InvalidKey, NotAllowed, Refusal, UnknownModel, WrongTask
 from .routing import Router
+from .scope_cache import ScopeBudgetCache
 from .store import open_store
 from .store.memory import MemoryState
 from .variant import Variant
@@ -131,6 +133,8 @@ class Admission:
     work: Any = None
     metered: bool = False  # finish() ran: the row holds the charge
     closed: bool = False
+    # the key's rate limits as last counted, {"rpm"|"tpm": (quota, remaining, reset_at)}: the response's headers
+    limits: dict = field(default_factory=dict)
 
     @property
     def request_id(self) -> str:
@@ -153,6 +157,9 @@ class Gate:
         self.config, self.variants, self.fallback_on, self.outcome = config, variants, fallback_on, outcome
         if config.auth == "keys" and config.store is None:
             raise LeaninferError("--auth keys needs a --store for its keys and ledger")
+        if config.spend_report and (config.alert_webhook is None or config.store is None):
+            raise LeaninferError("--spend-report needs --alert-webhook URL (where it goes) and a --store (its "
+                                 "ledger)")
         if config.shared_state and config.store is None:
             raise LeaninferError("shared state (several replicas) needs a --store: a SQLite file on one host, "
                                  "or postgresql://... across hosts")
@@ -160,9 +167,10 @@ class Gate:
         self.tz = timezone(config.budget_timezone)
         self.store = open_store(config.store) if config.store is not None else None
         self.state = self.store if config.shared_state else MemoryState(
-            spend=self.store.spend if self.store is not None else None)
+            spend=self.store.budget_spend if self.store is not None else None)
         self.owner = uuid.uuid4().hex
         self.book = BudgetBook(self.state, self.tz, hold_s=hold_s, owner=self.owner) if self.store else None
+        self.scope_budgets = ScopeBudgetCache(self.store) if self.store else None  # budgets above the key
         self.limits = RateLimits(self.state)
         self.cache = ResponseCache(self.state, config.cache_max_bytes, config.cache_ttl_s,
                                    keep_text=config.cache_store_text) if config.cache_max_bytes else None
@@ -175,6 +183,7 @@ class Gate:
         self._keys: TTLCache = TTLCache(maxsize=KEY_CACHE_ENTRIES, ttl=KEY_CACHE_S)
         self._reading: dict[str, asyncio.Future] = {}  # key id -> its store read in flight
         self._ticker: asyncio.Task | None = None
+        self._reporter: asyncio.Task | None = None  # --spend-report
         self._claimed = False
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -194,8 +203,11 @@ class Gate:
     async def start(self) -> None:
         if self.store is not None:
             await asyncio.to_thread(self.claim)
-            self.writer = LedgerWriter(self.store)
+            self.writer = LedgerWriter(self.store, self.config.ledger_retention_days)
         self._ticker = asyncio.create_task(self._tick())
+        if self.config.spend_report:
+            self._reporter = asyncio.create_task(spend_report.schedule(
+                self.store, self.webhook, self.config.spend_report, self.config.budget_timezone))
 
     async def _tick(self) -> None:
         while True:  # closes a quiet minute of the spike detector even when no request comes
@@ -205,6 +217,8 @@ class Gate:
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._reporter is not None:
+            self._reporter.cancel()
         if self.webhook is not None:
             await asyncio.to_thread(self.webhook.close)
         if self.writer is not None:
@@ -254,7 +268,21 @@ class Gate:
             except Exception as e:
                 raise self._unavailable("read the API key", e) from e
             self._keys[key_id] = key
-        return key if key is not None and key.active and matches(key, presented) else None
+        return key if key is not None and key.active and not key.expired() and matches(key, presented) else None
+
+    def key_refusal(self, presented: str) -> InvalidKey:
+        """The 401 for a key :meth:`authenticate` refused: one that says so for a key past its ``expires_at``
+        (only to whoever holds its secret), the generic one otherwise."""
+        key = self._keys.get(key_id_of(presented) or "", None)
+        if isinstance(key, KeyRecord) and key.active and key.expired() and matches(key, presented):
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.policy.expires_at))
+            return InvalidKey(f"this API key expired at {when}: ask an admin for a new key, or to extend this one "
+                              f"(PATCH /v1/admin/keys/{key.key_id} with a later expires_at)", "expired_api_key")
+        return InvalidKey()
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop this server's cached record of ``key_id`` (after changing it here: it applies at once)."""
+        self._keys.pop(key_id, None)
 
     # -- admit ----------------------------------------------------------------------------------------------
     async def admit(self, ask: Ask, read: Callable[[], Awaitable[tuple[str, str | None]]],
@@ -270,7 +298,7 @@ class Gate:
             key = await self.authenticate(ask.api_key)
             if key is None:
                 self._rejected(OPEN_TEAM, "invalid_api_key")
-                raise InvalidKey()
+                raise self.key_refusal(ask.api_key)
         team = key.policy.team if key is not None else OPEN_TEAM
         row = LedgerRow(request_id=ask.request_id, created_at=time.time(), finished_at=0.0, endpoint=ask.endpoint,
                         requested_model="", team=team, key_id=key.key_id if key else None,
@@ -279,6 +307,8 @@ class Gate:
         try:
             await self._admit(adm, read, plan)
         except BaseException as e:
+            if isinstance(e, (RateLimited, BudgetExceeded)):
+                e.rate_limits = adm.limits  # the key's rpm/tpm as counted: the 429's headers (serving.errors)
             await self.close(adm, *self.outcome(e))
             raise
         return adm
@@ -312,7 +342,8 @@ class Gate:
                     await self._limit(adm, self.limits.check_tokens, key, worst - counted)
                     counted = worst
                 if self.book is not None:
-                    await self._reserve(adm, key, v.tariff.worst_nusd(p.input_tokens, p.max_output_tokens), worst)
+                    await self._reserve(adm, key, v.tariff.worst_nusd(p.input_tokens, p.max_output_tokens), worst,
+                                        user)
             if await self._cached(adm, p):
                 return
             try:
@@ -334,16 +365,21 @@ class Gate:
 
     async def _limit(self, adm: Admission, check, *args) -> None:
         try:
-            await self._state(check, *args)
+            adm.limits.update(await self._state(check, *args))
         except RateLimited as e:
             self._rejected(adm.team, e.limit)
+            adm.limits[e.limit] = (e.quota, e.remaining, e.reset_at)
             raise
 
-    async def _reserve(self, adm: Admission, key: KeyRecord, nusd: int, tokens: int) -> None:
+    async def _reserve(self, adm: Admission, key: KeyRecord, nusd: int, tokens: int, user: str | None = None) -> None:
+        try:  # the budgets above the key that cover the request (team, tags, model, end user, org), kept 1 s
+            scopes = await self.scope_budgets.covering(key.policy.team, adm.model, adm.ask.tags, user)
+        except Exception as e:
+            raise self._unavailable("read the budgets above the key", e) from e
         try:
             # the first reservation of a window in this process reads its spend from the ledger: off the loop
-            cold = not self.state.blocking and self.book.cold(key)
-            adm.reservation = await self._state(self.book.reserve, key, nusd, tokens, io=cold)
+            cold = not self.state.blocking and self.book.cold(key, scopes)
+            adm.reservation = await self._state(self.book.reserve, key, nusd, tokens, scopes, io=cold)
         except BudgetExceeded:
             self._rejected(adm.team, "budget_exceeded")
             raise

@@ -11,13 +11,16 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PREFIX = "lk_"
 MAX_BUDGET_USD = 1e9  # 1e18 nano-dollars: under 2**63, with room for the spend and reservations added to it
 MAX_BUDGET_TOKENS = 10**18
+MAX_EXPIRES_AT = 32503680000.0  # 3000-01-01: past it, a typo (milliseconds for seconds, say)
 _KEY = re.compile(r"^lk_([0-9a-f]{12})\.([A-Za-z0-9_-]{20,})$")
 
 
@@ -50,7 +53,19 @@ class KeyPolicy(BaseModel):
     tpm: int | None = Field(None, ge=1, description="tokens per minute, counted at admission as the worst "
                                                     "case (prompt + max_tokens)")
     models: list[str] | None = Field(None, description="served names or routes this key may use; None: all")
-    admin: bool = Field(False, description="may read /v1/usage (everyone's spend)")
+    admin: bool = Field(False, description="may read /v1/usage (everyone's spend) and manage keys and budgets "
+                                           "(/v1/admin/...)")
+    # In the policy (its JSON), not a column: it is read with the record the gate already reads and caches
+    # (1 s), changed in place like a budget, and kept by a rotation; an older server that doesn't know the field
+    # refuses the record rather than serving an expired key.
+    expires_at: float | None = Field(None, ge=0, le=MAX_EXPIRES_AT, allow_inf_nan=False,
+                                     description="when the key stops working: unix seconds, or ISO 8601 with a "
+                                                 "timezone (2027-01-31T00:00:00Z); none: never")
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _expires_at(cls, v):
+        return parse_time(v) if isinstance(v, str) else v
 
     @field_validator("models")
     @classmethod
@@ -84,10 +99,39 @@ class KeyRecord:
     def active(self) -> bool:
         return self.revoked_at is None
 
+    def expired(self, now: float | None = None) -> bool:
+        at = self.policy.expires_at
+        return at is not None and (time.time() if now is None else now) >= at
+
+    def status(self, now: float | None = None) -> str:
+        """``active``, ``expired`` or ``revoked``."""
+        return "revoked" if not self.active else "expired" if self.expired(now) else "active"
+
     def public(self) -> dict:
         """What ``keys list`` shows: no hash, no secret."""
         return {"key_id": self.key_id, "created_at": self.created_at, "revoked_at": self.revoked_at,
-                **self.policy.model_dump(exclude_none=True)}
+                "status": self.status(), **self.policy.model_dump(exclude_none=True)}
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds from ``text``: a number of seconds, or an ISO 8601 time with its timezone.
+
+    Example:
+        >>> parse_time("2027-01-01T00:00:00Z")
+        1798761600.0
+    """
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: give unix seconds or ISO 8601 with a timezone, e.g. "
+                         "2027-01-31T00:00:00Z") from None
+    if at.tzinfo is None:
+        raise ValueError(f"{text!r} has no timezone: add one, e.g. {text}Z (UTC) or {text}+02:00")
+    return at.timestamp()
 
 
 def new_key() -> tuple[str, str, str]:

@@ -21,6 +21,7 @@ import threading
 from ..handoff import settle
 from .ledger import LedgerRow
 from .refusals import Refusal
+from .retention import Retention
 from .store.ports import Store
 
 log = logging.getLogger("leaninfer.finops")
@@ -48,9 +49,12 @@ class LedgerWriter:
         >>> await writer.record(row)                         # doctest: +SKIP
     """
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, retention_days: int | None = None):
         self.store = store
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # the ledger's retention runs beside the writer, on its own thread (a server with a ledger has one)
+        self.retention = Retention(store, retention_days) if retention_days else None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # lists of (row, future), a loop turn's each
+        self._pending: dict = {}  # event loop -> the rows it recorded this turn, not yet handed over
         self.rows_written = 0
         self.rows_failed = 0
         self._thread = threading.Thread(target=self._run, name="leaninfer-ledger", daemon=True)
@@ -58,17 +62,31 @@ class LedgerWriter:
 
     def record(self, row: LedgerRow) -> asyncio.Future:
         """Queue ``row``; the returned future resolves once it is committed, or fails with
-        :class:`LedgerWriteFailed` when this row can't be written."""
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.put((row, fut))
+        :class:`LedgerWriteFailed` when this row can't be written.
+
+        The rows a loop records in one turn go to the writer thread together, at the end of the turn: one
+        hand-off (a thread wake-up) per turn rather than per row, the mirror of :func:`~..handoff.settle`.
+        Under load that hand-off per request was ~6% of a governed front's event loop (py-spy)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        pending.append((row, fut))
         return fut
+
+    def _hand_over(self, loop) -> None:
+        rows = self._pending.pop(loop, None)
+        if rows:  # (close() may have handed them over already)
+            self._queue.put(rows)
 
     def _run(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch = [first]
+            batch = list(first)
             while len(batch) < MAX_ROWS_PER_COMMIT:
                 try:
                     item = self._queue.get_nowait()
@@ -77,7 +95,7 @@ class LedgerWriter:
                 if item is _STOP:
                     self._queue.put(_STOP)  # finish this batch, then stop
                     break
-                batch.append(item)
+                batch.extend(item)
             errors = self._write([row for row, _ in batch])
             settle((fut, error) for (_, fut), error in zip(batch, errors, strict=True))
 
@@ -108,7 +126,11 @@ class LedgerWriter:
         return LedgerWriteFailed(row.request_id, e)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Write what is queued, then stop the thread."""
+        """Write what is queued, then stop the thread (and retention's)."""
+        if self.retention is not None:
+            self.retention.close(timeout_s)
+        for loop in list(self._pending):  # rows recorded in a loop turn that hasn't ended
+            self._hand_over(loop)
         self._queue.put(_STOP)
         self._thread.join(timeout=timeout_s)
 

@@ -24,8 +24,8 @@ class InvalidKey(Refusal):
     status, type = 401, "invalid_request_error"
 
     def __init__(self, message: str = "invalid or revoked API key: pass 'Authorization: Bearer lk_...' with a "
-                                      "key from `leaninfer keys create`"):
-        super().__init__(message, "invalid_api_key")
+                                      "key from `leaninfer keys create`", code: str = "invalid_api_key"):
+        super().__init__(message, code)
 
 
 class NotAllowed(Refusal):

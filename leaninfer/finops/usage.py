@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from ..errors import LeaninferError, valid_list
-from ..latency import MIN_SAMPLES_FOR_PERCENTILES, percentile
 from .ledger import LedgerRow
-from .money import to_usd
 from .store import Store
+from .usage_figures import PERIODS, Group, period_of
+from .usage_sql import grouped
 from .windows import quoted, timezone
 
 # group-by name -> how to read it from a row ("model" is the variant that answered; a request refused
@@ -28,7 +27,6 @@ GROUPS = {
     "model": lambda r: r.served_model or r.requested_model,
     "endpoint": lambda r: r.endpoint,
 }
-PERIODS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00"}
 
 
 def check_by(by: Sequence[str]) -> list[str]:
@@ -44,11 +42,6 @@ def check_period(period: str | None) -> str | None:
     if period is not None and period not in PERIODS:
         raise LeaninferError(f"unknown period {period!r}; valid: {valid_list(PERIODS)} (or none)")
     return period
-
-
-def period_of(t: float, period: str, tz: ZoneInfo) -> str:
-    """The period bucket of unix time ``t`` in ``tz``, e.g. ``2025-03-01`` or ``2025-03-01T14:00``."""
-    return datetime.fromtimestamp(t, tz).strftime(PERIODS[period])
 
 
 def parse_time(value: str | float | None, tz: str = "UTC", what: str = "time") -> float | None:
@@ -73,40 +66,6 @@ def parse_time(value: str | float | None, tz: str = "UTC", what: str = "time") -
     return dt.timestamp()
 
 
-class _Group:
-    __slots__ = ("requests", "input_tokens", "output_tokens", "cost_nusd", "latencies", "cache_hits",
-                 "cache_saved_nusd", "routing_saved_nusd", "errors")
-
-    def __init__(self):
-        self.requests = self.input_tokens = self.output_tokens = self.cost_nusd = 0
-        self.cache_hits = self.cache_saved_nusd = self.routing_saved_nusd = self.errors = 0
-        self.latencies: list[float] = []
-
-    def add(self, r: LedgerRow) -> None:
-        self.requests += 1
-        self.input_tokens += r.input_tokens
-        self.output_tokens += r.output_tokens
-        self.cost_nusd += r.cost_nusd
-        self.cache_hits += r.cache == "hit"
-        self.cache_saved_nusd += r.cache_saved_nusd
-        self.routing_saved_nusd += r.routing_saved_nusd
-        if r.status >= 400:
-            self.errors += 1
-        else:  # a refusal's few microseconds say nothing about how long answers take
-            self.latencies.append(r.duration_s)
-
-    def figures(self) -> dict:
-        n = len(self.latencies)
-        return {
-            "requests": self.requests, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "spend_nusd": self.cost_nusd, "spend_usd": to_usd(self.cost_nusd),
-            "p95_latency_s": percentile(self.latencies, 95) if n else None, "latency_n": n,
-            "few_latency_samples": 0 < n < MIN_SAMPLES_FOR_PERCENTILES,
-            "cache_hits": self.cache_hits, "cache_saved_usd": to_usd(self.cache_saved_nusd),
-            "routing_saved_usd": to_usd(self.routing_saved_nusd), "errors": self.errors,
-        }
-
-
 def usage_report(rows: Iterable[LedgerRow], by: Sequence[str] = ("team",), period: str | None = None,
                  tz: str = "UTC") -> list[dict]:
     """One dict per group of ``rows``: the ``by`` fields (and ``period``), then the figures.
@@ -126,12 +85,12 @@ def usage_report(rows: Iterable[LedgerRow], by: Sequence[str] = ("team",), perio
     by = check_by(by)
     check_period(period)
     z = timezone(tz)
-    groups: dict[tuple, _Group] = {}
+    groups: dict[tuple, Group] = {}
     for r in rows:
         k = tuple(GROUPS[b](r) for b in by) + ((period_of(r.created_at, period, z),) if period else ())
         g = groups.get(k)
         if g is None:
-            g = groups[k] = _Group()
+            g = groups[k] = Group()
         g.add(r)
     names = [*by, "period"] if period else by
     out = [{**dict(zip(names, k, strict=True)), **g.figures()} for k, g in groups.items()]
@@ -142,7 +101,7 @@ def usage_report(rows: Iterable[LedgerRow], by: Sequence[str] = ("team",), perio
 def totals(rows: Iterable[LedgerRow]) -> dict:
     """The figures of all ``rows`` together (p95 over all of them, not a sum of groups')."""
     report = usage_report(rows, by=[])
-    return report[0] if report else _Group().figures()
+    return report[0] if report else Group().figures()
 
 
 def key_budgets(store: Store) -> list[dict]:
@@ -171,7 +130,10 @@ def daily_budgets(store: Store, by: str) -> dict[str, float]:
 
 def usage_payload(store: Store, by: Sequence[str] = ("team",), period: str | None = None,
                   since: str | float | None = None, until: str | float | None = None, tz: str = "UTC") -> dict:
-    """What ``/v1/usage`` answers (JSON-serializable): the groups, the totals, the keys' budgets.
+    """What ``/v1/usage`` answers (JSON-serializable): the groups, the totals, the keys' budgets, and the
+    ``source`` of the figures: ``"rows"`` (raw rows, grouped in SQL) or ``"rollups"`` (the daily rollups, p95
+    from their histograms: see :mod:`.usage_sql`); ``rows_since`` when retention deleted rows of the range and
+    the report could not read rollups instead (another zone, hours, a bound inside a day): figures start there.
 
     ``since``/``until``: ISO dates or times (naive ones in ``tz``) or unix seconds; ``until`` is exclusive.
     """
@@ -181,9 +143,13 @@ def usage_payload(store: Store, by: Sequence[str] = ("team",), period: str | Non
     t0, t1 = parse_time(since, tz, "since"), parse_time(until, tz, "until")
     if t0 is not None and t1 is not None and t1 <= t0:
         raise LeaninferError(f"until ({quoted(until)}) must be after since ({quoted(since)})")
-    rows = store.rows(t0, t1)
-    tot = totals(rows)
+    if not hasattr(store, "ledger_read"):  # a Store without SQL: group its rows here
+        rows = store.rows(t0, t1)
+        groups, tot, source, rows_since = usage_report(rows, by, period, tz), totals(rows), "rows", None
+    else:
+        groups, tot, source, rows_since = grouped(store, by, period, t0, t1, tz)
     return {
         "by": by, "period": period, "tz": tz, "since": t0, "until": t1,
-        "groups": usage_report(rows, by, period, tz), "totals": tot, "budgets": key_budgets(store),
+        "groups": groups, "totals": tot, "budgets": key_budgets(store), "source": source,
+        **({"rows_since": rows_since} if rows_since is not None else {}),
     }

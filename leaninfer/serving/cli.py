@@ -96,6 +96,9 @@ def register(app: typer.Typer, user_errors) -> None:
                                           + " (--ray implies it)"),
         cache_store_text: bool = _option(FinOpsConfig, "cache_store_text"),
         metrics_auth: str = _option(FinOpsConfig, "metrics_auth"),
+        spend_report: str = typer.Option(None, "--spend-report", help=FinOpsConfig.model_fields["spend_report"]
+                                         .description + ": daily or weekly"),
+        ledger_retention_days: int = _option(FinOpsConfig, "ledger_retention_days", min=35),
         ray: bool = typer.Option(False, "--ray", help="serve on Ray Serve: replicas, each with its own engines, "
                                                       "behind Ray's HTTP proxy on --host/--port (needs "
                                                       "leaninfer[ray]; docs/scale-out.md)"),
@@ -138,7 +141,9 @@ def register(app: typer.Typer, user_errors) -> None:
                                                budget_timezone=budget_timezone, cache_max_bytes=cache_max_bytes,
                                                cache_ttl_s=cache_ttl_s, routes=list(route or []),
                                                alert_webhook=alert_webhook, shared_state=shared_state,
-                                               cache_store_text=cache_store_text, metrics_auth=metrics_auth))
+                                               cache_store_text=cache_store_text, metrics_auth=metrics_auth,
+                                               spend_report=spend_report,
+                                               ledger_retention_days=ledger_retention_days))
         if ray:
             require_ray()
             opts = RayOptions(address=address, replicas=replicas, min_replicas=min_replicas,

@@ -14,6 +14,7 @@ from ..finops.rate_limits import RateLimited
 from ..finops.refusals import Refusal
 from ..finops.windows import WINDOW_SECONDS
 from .protocol import OpenAIError
+from .ratelimit_headers import refusal_headers
 
 REQUEST_ID_HEADER = "x-request-id"
 # an upstream's failure as this server's answer: busy 503 (with its Retry-After), slow 504, the request itself
@@ -34,11 +35,14 @@ def to_openai(exc: BaseException) -> OpenAIError | None:
         return OpenAIError(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
     if isinstance(exc, RateLimited):
         wait = _seconds_until(exc.reset_at)
-        return OpenAIError(429, exc.message(), type="rate_limit_exceeded", code=exc.limit, headers={
+        return OpenAIError(429, exc.message(), type="rate_limit_exceeded", code=exc.limit, headers=refusal_headers({
             "Retry-After": str(wait), "RateLimit-Policy": f'"{exc.limit}";q={exc.quota};w=60',
-            "RateLimit": f'"{exc.limit}";r={exc.remaining};t={wait}'})
+            "RateLimit": f'"{exc.limit}";r={exc.remaining};t={wait}'},
+            getattr(exc, "rate_limits", {exc.limit: (exc.quota, exc.remaining, exc.reset_at)})))
     if isinstance(exc, BudgetExceeded):
-        return _budget_error(exc)
+        error = _budget_error(exc)
+        error.headers = refusal_headers(error.headers, getattr(exc, "rate_limits", {}))
+        return error
     if isinstance(exc, UpstreamError):
         status = UPSTREAM_STATUS.get(exc.code, 502)
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s and status == 503 else {}
@@ -73,11 +77,15 @@ def _budget_error(e: BudgetExceeded) -> OpenAIError:
     so: requests settle as they finish) if they are what blocks, else when the budget's window starts afresh;
     a lifetime budget spent has no Retry-After."""
     window = e.budget.split("_", 1)[1]
-    headers = {"RateLimit-Policy": f'"{e.budget}";q={e.limit}'
+    # a budget above the key: its kind in the policy's name (never its name: a tag or user may be any text)
+    name = f"{e.scope_id.partition(':')[0]}.{e.budget}" if e.scope_id else e.budget
+    headers = {"RateLimit-Policy": f'"{name}";q={e.limit}'
                                    + (f";w={WINDOW_SECONDS[window]}" if window in WINDOW_SECONDS else ""),
-               "RateLimit": f'"{e.budget}";r={max(0, e.limit - e.used)}'}
+               "RateLimit": f'"{name}";r={max(0, e.limit - e.used)}'}
     wait = 1 if e.in_flight_blocks else (_seconds_until(e.reset_at) if e.reset_at is not None else None)
     if wait is not None:
         headers["Retry-After"] = str(wait)
         headers["RateLimit"] += f";t={wait}"
-    return OpenAIError(429, e.message(), type="budget_exceeded", code=e.budget, headers=headers)
+    # param: the scope whose budget is spent ("team:search", "default-user"); None for the key's own
+    return OpenAIError(429, e.message(), type="budget_exceeded", param=e.scope_id or None, code=e.budget,
+                       headers=headers)

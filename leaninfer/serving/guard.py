@@ -23,6 +23,7 @@ from ..finops.gate import Admission, Ask, next_request_id
 from .errors import REQUEST_ID_HEADER, outcome_of, to_openai
 from .labels import TAGS_HEADER, WORKFLOW_HEADER, parse_tags, workflow_label
 from .protocol import OpenAIError, parse_json, validation_message
+from .ratelimit_headers import COST_HEADER, limit_headers, usd_text
 from .request_size import check_size
 
 log = logging.getLogger("leaninfer.serving")
@@ -106,6 +107,15 @@ class Ctx:
             raise self.label_error
 
 
+def answer_headers(adm: Admission, stream: bool) -> dict[str, str]:
+    """The rate-limit headers of the key's rpm/tpm, and the charged cost of a metered answer that isn't a stream
+    (a stream's cost is not known when its headers leave: :mod:`.ratelimit_headers`)."""
+    out = limit_headers(adm.limits)
+    if not stream and adm.row is not None and (adm.metered or adm.hit is not None):
+        out[COST_HEADER] = usd_text(adm.row.cost_nusd)
+    return out
+
+
 _closing: set[asyncio.Task] = set()  # closes started from synchronous code, held until done
 
 
@@ -153,6 +163,8 @@ async def guarded(request: Request, endpoint: str, handler):
         if not isinstance(resp, StreamingResponse):  # a stream observes its latency when it ends
             state.metrics.e2e.labels(ctx.model, endpoint).observe(time.perf_counter() - t0)
         resp.headers[REQUEST_ID_HEADER] = ctx.request_id
+        if ctx.admission is not None:
+            resp.headers.update(answer_headers(ctx.admission, isinstance(resp, StreamingResponse)))
         count(resp.status_code)
         return resp
     if ctx.admission is not None:

@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ..errors import LeaninferError
 from ..finops.refusals import InvalidKey, NotAllowed, UnknownModel
 from ..finops.usage import usage_payload
+from .admin_budgets import router as admin_budgets_router
+from .admin_keys import router as admin_keys_router
 from .embeddings import embeddings
 from .errors import to_openai
 from .generation import chat_completions, completions
@@ -26,6 +28,7 @@ from .guard import bearer
 from .openai_format import model_card
 from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse, OpenAIError
 from .tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize
+from .usage_me import router as usage_me_router
 
 router = APIRouter()
 _REF = "#/components/schemas/{model}"
@@ -156,7 +159,7 @@ async def _key_or_refuse(request: Request, admin: bool = False, what: str = ""):
         return None
     key = await gate.authenticate(bearer(request))
     if key is None:
-        raise to_openai(InvalidKey())
+        raise to_openai(gate.key_refusal(bearer(request)))
     if admin and not key.policy.admin:
         raise to_openai(NotAllowed(f"{what} needs an admin key (leaninfer keys create --admin)", "not_admin"))
     return key
@@ -186,3 +189,6 @@ router.add_api_route("/v1/completions", completions, methods=["POST"],
                      openapi_extra=_body_doc(CompletionRequest, stream=True))
 router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
                      openapi_extra=_body_doc(ChatCompletionRequest, stream=True))
+router.include_router(admin_budgets_router)  # /v1/admin/budgets
+router.include_router(admin_keys_router)  # /v1/admin/keys
+router.include_router(usage_me_router)  # /v1/usage/me

@@ -143,7 +143,8 @@ def test_schemathesis_finds_no_server_error(governed):
     app, auth, _ = governed
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     ops = [r.ok() for r in schema.get_all_operations()]
-    assert {op.path for op in ops} >= POSTS | {"/health", "/v1/usage"}
+    assert {op.path for op in ops} >= POSTS | {"/health", "/v1/usage", "/v1/usage/me", "/v1/admin/keys",
+                                            "/v1/admin/keys/{key_id}", "/v1/admin/keys/{key_id}/rotate"}
     for op in ops:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = op.as_strategy(generation_mode=mode)

@@ -197,10 +197,13 @@ def test_answer_params_are_canonical():
     assert str(z["temperature"]) == "0.0" and "seed" not in z and "max_tokens" not in z and "stop" not in z
     # chat: the limit that applies, whichever field named it; the messages' text, parts joined
     c1 = _params(ChatCompletionRequest, model="m", max_completion_tokens=4,
-                 messages=[{"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}],
-                            "name": "\x00ignored"}])
+                 messages=[{"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}])
     c2 = _params(ChatCompletionRequest, model="m", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
     assert c1 == c2 and c1["messages"] == [["user", "hi"]] and c1["max_tokens"] == 4
+    # a message's name, tool calls and other fields may be rendered by a template: they are part of the key
+    named = _params(ChatCompletionRequest, model="m", max_tokens=4,
+                    messages=[{"role": "user", "content": "hi", "name": "ann"}])
+    assert named != c2 and named["messages"] == [["user", "hi", '{"name": "ann"}']]
 
 
 def test_what_changes_the_answer_changes_the_params():

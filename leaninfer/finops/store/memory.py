@@ -24,6 +24,8 @@ from .ports import (
     Hold,
     RateAsk,
     RateResult,
+    ScopedAsk,
+    ScopedCharge,
     Spend,
     budget_unit,
     sliding_window,
@@ -39,7 +41,7 @@ class _Account:
 @dataclass
 class _Hold:
     key_id: str
-    items: list[tuple[str, float, int]]  # (budget, window start, reserved)
+    items: list[tuple[str, str, float, int]]  # (account, budget, window start, reserved)
     expires_at: float
     reclaimed: bool = False
 
@@ -104,19 +106,26 @@ class MemoryState:
         return self._spend is not None and any((key_id, b, s) not in self._accounts for b, s in windows)
 
     def reserve(self, key_id: str, items: list[BudgetAsk], hold: Hold | None) -> None:
+        self.reserve_scoped([(key_id, *item) for item in items], hold, key_id)
+
+    def reserve_scoped(self, items: list[ScopedAsk], hold: Hold | None, key_id: str = "") -> None:
         with self._lock:
             plan = []
-            for budget, start, limit, asked in items:
-                acc = self._account(key_id, budget, start)
+            for account, budget, start, limit, asked in items:
+                acc = self._account(account, budget, start)
                 if acc.settled + acc.reserved + asked > limit:
-                    raise BudgetRefused(budget, start, limit, acc.settled, acc.reserved, asked)
+                    raise BudgetRefused(budget, start, limit, acc.settled, acc.reserved, asked, account)
                 plan.append((acc, asked))
             for acc, asked in plan:
                 acc.reserved += asked
             if hold is not None:
-                self._holds[hold.hold_id] = _Hold(key_id, [(b, s, a) for b, s, _, a in items], hold.expires_at)
+                self._holds[hold.hold_id] = _Hold(key_id, [(k, b, s, a) for k, b, s, _, a in items],
+                                                  hold.expires_at)
 
     def settle(self, key_id: str, items: list[BudgetCharge], hold_id: str | None) -> None:
+        self.settle_scoped([(key_id, *item) for item in items], hold_id)
+
+    def settle_scoped(self, items: list[ScopedCharge], hold_id: str | None) -> None:
         with self._lock:
             reclaimed = False
             if hold_id is not None:
@@ -124,8 +133,8 @@ class MemoryState:
                 if hold is None:  # settled already
                     return
                 reclaimed = hold.reclaimed
-            for budget, start, reserved, charged in items:
-                acc = self._account(key_id, budget, start)
+            for account, budget, start, reserved, charged in items:
+                acc = self._account(account, budget, start)
                 acc.reserved = max(acc.reserved - (0 if reclaimed else reserved), 0)
                 acc.settled += charged
 
@@ -139,8 +148,8 @@ class MemoryState:
                 elif hold.expires_at < now:
                     hold.reclaimed = True
                     n += 1
-                    for budget, start, amount in hold.items:
-                        acc = self._accounts.get((hold.key_id, budget, start))
+                    for account, budget, start, amount in hold.items:
+                        acc = self._accounts.get((account, budget, start))
                         if acc is not None:
                             acc.reserved = max(acc.reserved - amount, 0)
             return n

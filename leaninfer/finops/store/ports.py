@@ -17,11 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..keys import KeyRecord
+from ..keys import KeyPolicy, KeyRecord
 from ..ledger import LedgerRow
 
 BudgetAsk = tuple[str, float, int, int]  # (budget name, window start, limit, asked)
 BudgetCharge = tuple[str, float, int, int]  # (budget name, window start, reserved, charged)
+# The same across accounts: a key id, or a scope's account above the key (``team:search@<generation>``, see
+# ..scope_budgets), so that one request reserves in every budget that covers it in one atomic step.
+ScopedAsk = tuple[str, str, float, int, int]  # (account, budget name, window start, limit, asked)
+ScopedCharge = tuple[str, str, float, int, int]  # (account, budget name, window start, reserved, charged)
 RateAsk = tuple[str, int, int]  # (limit name, quota, cost)
 RateResult = tuple[bool, int, float]  # (allowed, remaining, reset_at)
 Spend = Callable[[str, float], tuple[int, int]]  # (key_id, since) -> (nano-dollars, tokens), the ledger's sums
@@ -54,6 +58,7 @@ class BudgetRefused(Exception):
     settled: int
     reserved: int
     asked: int
+    account: str = ""  # whose budget: a key id or a scope's account ("" where the caller knows)
 
     @property
     def used(self) -> int:
@@ -110,6 +115,16 @@ class State(Protocol):
         """Release ``reserved`` and add ``charged`` to each budget's settled sum; with ``hold_id`` only once
         (a second settle of the hold changes nothing; a reclaimed hold adds its charge, releases nothing)."""
 
+    def reserve_scoped(self, items: list[ScopedAsk], hold: Hold | None, key_id: str = "") -> None:
+        """:meth:`reserve` across accounts (a key's budgets and those of its team, tags, model, end user, org)
+        in one atomic step: all or nothing, :class:`BudgetRefused` (with its ``account``) for the first that
+        would pass its limit. ``items`` come in one global order (the caller's: no deadlock between requests
+        whose accounts overlap); the hold records the account of each item. A scope account's new window
+        starts from the ledger's spend of that scope (the ``spend`` given to the State, or the store's)."""
+
+    def settle_scoped(self, items: list[ScopedCharge], hold_id: str | None) -> None:
+        """:meth:`settle` across accounts, in the order they were reserved; once per hold."""
+
     def reclaim(self, now: float) -> int:
         """Release the reservations of holds that expired before ``now``; returns how many holds."""
 
@@ -146,6 +161,12 @@ class Store(Protocol):
     def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]: ...
     def revoke_key(self, key_id: str, at: float) -> bool: ...
     def set_key_hash(self, key_id: str, key_hash: str) -> bool: ...
+    def update_key_policy(self, key_id: str, change: Callable[[KeyPolicy], KeyPolicy]) -> KeyRecord | None:
+        """Replace an active key's policy with ``change(policy)`` in one transaction (the record as changed), or
+        None when there is no such active key. An exception of ``change`` changes nothing."""
+
+    def claim_report(self, report: str, at: float) -> bool:
+        """Record that the spend report ``report`` is being sent; False when a server already did (send nothing)."""
 
     def append(self, rows: list[LedgerRow]) -> None:
         """Write ``rows`` durably, in one transaction: once this returns, a crash of the process loses none."""
@@ -154,6 +175,10 @@ class Store(Protocol):
         """``(nano-dollars, tokens)`` charged to ``key_id`` by requests that arrived at or after ``since``."""
 
     def rows(self, since: float | None = None, until: float | None = None) -> list[LedgerRow]: ...
+
+    def prune(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest rows that arrived before ``before`` (a UTC midnight) in one short
+        transaction; their daily rollups stay, and ``spend`` counts them from there. How many rows went."""
 
     def claim(self, owner: str, shared: bool) -> None:
         """Take the store for the server ``owner`` for as long as it lives: ``shared`` when its State is the

@@ -9,6 +9,9 @@ databases open and move forward unchanged. Statements are separated by ``;`` (no
 
 from __future__ import annotations
 
+from .ledger_schema import LEDGER_AT_SCALE
+from .scope_sql import MIGRATION as SCOPE_BUDGETS
+
 MIGRATIONS = [
     # 1: keys and the ledger
     """
@@ -62,6 +65,17 @@ MIGRATIONS = [
     # overloaded, an upstream down), named with why
     """
     ALTER TABLE ledger ADD COLUMN attempts TEXT NOT NULL DEFAULT ''
+    """,
+    # 5: the ledger at scale: a covering index for budget windows' spend, daily rollups backfilled from the rows,
+    # the retention horizon (text in .ledger_schema)
+    LEDGER_AT_SCALE,
+    # 6: budgets above the key (team, tag, model, org, end user): the budgets; their spend is kept in budget_usage
+    # under accounts such as "team:search@<generation>" (text in .scope_sql)
+    SCOPE_BUDGETS,
+    # 7: the spend reports sent (daily/weekly summaries): one row per report, so that replicas on one store send
+    # each once, and a restart doesn't send it again. (A key's expiry lives in its policy JSON: no column.)
+    """
+    CREATE TABLE spend_reports (report TEXT PRIMARY KEY, sent_at {real} NOT NULL)
     """,
 ]
 

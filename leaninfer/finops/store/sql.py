@@ -28,11 +28,14 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ...errors import LeaninferError
 from ..keys import KeyPolicy, KeyRecord
 from ..ledger import LEDGER_FIELDS, LedgerRow
+from ..scope_budgets import ScopeBudget, ScopeLimits, is_scope_account, scope_of_account
+from .ledger_sql import LedgerSQL, row_of
 from .ports import (
     RECLAIMED_HOLD_KEEP_S,
     BudgetAsk,
@@ -41,10 +44,15 @@ from .ports import (
     Hold,
     RateAsk,
     RateResult,
+    ScopedAsk,
+    ScopedCharge,
     budget_unit,
     sliding_window,
 )
 from .schema import migrations, statements
+from .scope_sql import GET_MANY as _SCOPE_GET_MANY
+from .scope_sql import STATEMENTS as _SCOPE_STATEMENTS
+from .scope_sql import spend_params
 
 _SPEND_COLUMN = {"usd": "cost_nusd", "tokens": "charged_tokens"}
 _KEY_COLUMNS = "key_id, key_hash, policy, created_at, revoked_at"
@@ -55,6 +63,17 @@ _RECLAIM = ("UPDATE budget_holds SET reclaimed = TRUE WHERE hold_id IN (SELECT h
 _EVICT = ("DELETE FROM response_cache WHERE key IN (SELECT key FROM (SELECT key, SUM(size) OVER "
           "(ORDER BY created_at DESC, key DESC) AS kept FROM response_cache) AS t WHERE kept > ?)")
 
+# A key's spend since a time (params: key_id, since), read from the index ledger_key_spend: the rows since then,
+# and the daily rollups of the days retention deleted rows of (days before the horizon; .retention keeps rows of
+# the last 35 days at least, so that only the "total" window, which starts at 0, reaches rollups)
+_SPEND = ("WITH p AS (SELECT CAST(? AS TEXT) AS k, CAST(? AS {real}) AS t, "
+          "(SELECT COALESCE(MAX(horizon), 0) FROM ledger_pruned) AS h) "
+          "SELECT COALESCE(SUM(a), 0) AS usd, COALESCE(SUM(b), 0) AS tokens FROM ("
+          "SELECT cost_nusd AS a, charged_tokens AS b FROM ledger WHERE key_id = (SELECT k FROM p) "
+          "AND created_at >= (SELECT t FROM p) AND created_at >= (SELECT h FROM p) UNION ALL "
+          "SELECT cost_nusd, charged_tokens FROM ledger_daily WHERE key_id = (SELECT k FROM p) "
+          "AND day >= (SELECT t FROM p) AND day < (SELECT h FROM p)) AS u")
+
 STATEMENTS: dict[str, str] = {
     "add_key": f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
     "get_key": f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?",
@@ -62,12 +81,14 @@ STATEMENTS: dict[str, str] = {
     "all_keys": f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at",
     "revoke_key": "UPDATE keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
     "set_key_hash": "UPDATE keys SET key_hash = ? WHERE key_id = ? AND revoked_at IS NULL",
+    "key_lock": f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ? AND revoked_at IS NULL{{row_lock}}",
+    "set_key_policy": "UPDATE keys SET policy = ? WHERE key_id = ?",
+    "claim_report": "INSERT INTO spend_reports (report, sent_at) VALUES (?, ?) ON CONFLICT (report) DO NOTHING",
     # a retried write replaces its row, never duplicates it
     "append": (f"INSERT INTO ledger ({', '.join(LEDGER_FIELDS)}) VALUES ({', '.join('?' * len(LEDGER_FIELDS))}) "
                "ON CONFLICT (request_id) DO UPDATE SET "
                + ", ".join(f"{f} = excluded.{f}" for f in LEDGER_FIELDS if f != "request_id")),
-    "spend": ("SELECT COALESCE(SUM(cost_nusd), 0), COALESCE(SUM(charged_tokens), 0) FROM ledger "
-              "WHERE key_id = ? AND created_at >= ?"),
+    "spend": _SPEND,
     "rows": f"SELECT {', '.join(LEDGER_FIELDS)} FROM ledger WHERE created_at >= ? ORDER BY created_at",
     "rows_until": (f"SELECT {', '.join(LEDGER_FIELDS)} FROM ledger WHERE created_at >= ? AND created_at < ? "
                    "ORDER BY created_at"),
@@ -75,10 +96,11 @@ STATEMENTS: dict[str, str] = {
              "AND settled + reserved + ? <= ? RETURNING reserved"),
     **{f"new_window_{unit}": ("INSERT INTO budget_usage (key_id, budget, window_start, settled, reserved) "
                               "SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS {real}), "
-                              f"COALESCE(SUM({column}), 0), 0 FROM ledger WHERE key_id = ? AND created_at >= ? "
-                              "ON CONFLICT DO NOTHING")
-       for unit, column in _SPEND_COLUMN.items()},
+                              f"s.{unit}, 0 FROM ({_SPEND}) AS s WHERE TRUE ON CONFLICT DO NOTHING")
+       for unit in _SPEND_COLUMN},
     "usage": "SELECT settled, reserved FROM budget_usage WHERE key_id = ? AND budget = ? AND window_start = ?",
+    "usage_lock": ("SELECT settled, reserved FROM budget_usage WHERE key_id = ? AND budget = ? AND window_start = ?"
+                   "{row_lock}"),
     "hold": "INSERT INTO budget_holds (hold_id, key_id, items, expires_at, owner) VALUES (?, ?, ?, ?, ?)",
     "unhold": "DELETE FROM budget_holds WHERE hold_id = ? RETURNING reclaimed",
     "settle": ("UPDATE budget_usage SET reserved = CASE WHEN reserved > ? THEN reserved - ? ELSE 0 END, "
@@ -102,6 +124,7 @@ STATEMENTS: dict[str, str] = {
     "cache_size": "SELECT COALESCE(SUM(size), 0) FROM response_cache",
     "cache_evict": _EVICT,
 }
+STATEMENTS.update(_SCOPE_STATEMENTS)  # budgets above the key
 
 
 class Dialect(Protocol):
@@ -158,6 +181,7 @@ class SQLStore:
                                          .replace("{skip_locked}", dialect.skip_locked))
                    for name, sql in STATEMENTS.items()}
         self._owner: str | None = None
+        self._ledger = LedgerSQL(dialect)
         try:
             self._migrate()
         except BaseException:
@@ -224,16 +248,28 @@ class SQLStore:
         with self.dialect.write() as db:
             return db.execute(self._q["set_key_hash"], (key_hash, key_id)).rowcount == 1
 
+    def claim_report(self, report: str, at: float) -> bool:
+        # the first server to claim a spend report sends it (replicas and restarts: once)
+        with self.dialect.write() as db:
+            return db.execute(self._q["claim_report"], (report, at)).rowcount == 1
+
+    def update_key_policy(self, key_id: str, change: Callable[[KeyPolicy], KeyPolicy]) -> KeyRecord | None:
+        # read, change and write in one transaction, the row locked: two admins changing one key both land
+        with self.dialect.write() as db:
+            row = db.execute(self._q["key_lock"], (key_id,)).fetchone()
+            if row is None:
+                return None
+            old = _key(row)
+            policy = change(old.policy)
+            db.execute(self._q["set_key_policy"], (policy.model_dump_json(), key_id))
+        return KeyRecord(old.key_id, old.key_hash, policy, old.created_at, old.revoked_at)
+
     # -- ledger --------------------------------------------------------------------------------------------------
     def append(self, rows: list[LedgerRow]) -> None:
         values = [tuple(json.dumps(v, sort_keys=True) if k == "tags" else v for k, v in r.to_record().items())
                   for r in rows]
         with self.dialect.write() as db:
-            cur = db.cursor()
-            try:
-                cur.executemany(self._q["append"], values)
-            finally:
-                cur.close()
+            self._ledger.append(db, rows, self._q["append"], values)  # and the rows' daily rollups
 
     def spend(self, key_id: str, since: float) -> tuple[int, int]:
         with self.dialect.read() as db:
@@ -246,26 +282,62 @@ class SQLStore:
                 found = db.execute(self._q["rows"], (since or 0.0,)).fetchall()
             else:
                 found = db.execute(self._q["rows_until"], (since or 0.0, until)).fetchall()
-        return [LedgerRow(**{k: json.loads(v) if k == "tags" else v for k, v in zip(LEDGER_FIELDS, r, strict=True)})
-                for r in found]
+        return [row_of(r) for r in found]
+
+    def ledger_read(self, fn, *args):
+        """``fn(ledger_sql, db, *args)`` on a read connection (grouped sums, pages), ``ledger_sql`` the store's
+        :class:`.ledger_sql.LedgerSQL`; ``fn`` consumes what it reads before returning."""
+        with self.dialect.read() as db:
+            return fn(self._ledger, db, *args)
+
+    def prune(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest rows that arrived before ``before``, in one short transaction,
+        and mark the rollups as the only record of what is under ``before``; how many rows went."""
+        with self.dialect.write() as db:
+            n = self._ledger.prune(db, before, limit)
+        checkpoint = getattr(self.dialect, "checkpoint", None)
+        if n and checkpoint is not None:  # write the deletion's pages back here, not in a request's commit
+            checkpoint()
+        return n
 
     # -- budgets -------------------------------------------------------------------------------------------------
     def reserve(self, key_id: str, items: list[BudgetAsk], hold: Hold | None) -> None:
+        self.reserve_scoped([(key_id, *item) for item in items], hold, key_id)
+
+    def reserve_scoped(self, items: list[ScopedAsk], hold: Hold | None, key_id: str = "") -> None:
         with self.dialect.write() as db:
-            for budget, start, limit, asked in items:
-                where = (key_id, budget, start)
+            for account, budget, start, limit, asked in items:
+                where = (account, budget, start)
                 taken = db.execute(self._q["take"], (asked, *where, asked, limit)).fetchone()
-                if taken is None:  # a new window (or a full one): create it from the ledger, then try again
-                    db.execute(self._q["new_window_" + budget_unit(budget)], (*where, key_id, start))
+                if taken is None and not is_scope_account(account):
+                    # a new window (or a full one): create it from the ledger, then try again
+                    db.execute(self._q["new_window_" + budget_unit(budget)], (*where, account, start))
+                    taken = db.execute(self._q["take"], (asked, *where, asked, limit)).fetchone()
+                elif taken is None and db.execute(self._q["usage"], where).fetchone() is None:
+                    # a scope's new window, from what the scope spent since its start (a concurrent creator's
+                    # row wins: ON CONFLICT DO NOTHING)
+                    seed = self._scope_spend(db, account, start)[0 if budget_unit(budget) == "usd" else 1]
+                    db.execute(self._q["scope_window"], (*where, seed))
                     taken = db.execute(self._q["take"], (asked, *where, asked, limit)).fetchone()
                 if taken is None:
-                    settled, reserved = db.execute(self._q["usage"], where).fetchone()
-                    raise BudgetRefused(budget, start, limit, int(settled), int(reserved), asked)  # rolls back all
+                    # Locked, the row's latest: under READ COMMITTED a reservation settled since the failed
+                    # take may have made room (take again: the lock makes it succeed), else these are the
+                    # figures the refusal reports, exactly (SQLite: the write transaction holds them already)
+                    settled, reserved = db.execute(self._q["usage_lock"], where).fetchone()
+                    if int(settled) + int(reserved) + asked <= limit:
+                        taken = db.execute(self._q["take"], (asked, *where, asked, limit)).fetchone()
+                if taken is None:
+                    raise BudgetRefused(budget, start, limit, int(settled), int(reserved), asked,
+                                        account)  # rolls back all
             if hold is not None:
-                db.execute(self._q["hold"], (hold.hold_id, key_id, json.dumps([[b, s, a] for b, s, _, a in items]),
-                                             hold.expires_at, hold.owner))
+                # a key's items as before ([budget, start, amount]); another account's name it (a 4th element)
+                held = [[b, s, a] if k == key_id else [b, s, a, k] for k, b, s, _, a in items]
+                db.execute(self._q["hold"], (hold.hold_id, key_id, json.dumps(held), hold.expires_at, hold.owner))
 
     def settle(self, key_id: str, items: list[BudgetCharge], hold_id: str | None) -> None:
+        self.settle_scoped([(key_id, *item) for item in items], hold_id)
+
+    def settle_scoped(self, items: list[ScopedCharge], hold_id: str | None) -> None:
         with self.dialect.write() as db:
             reclaimed = False
             if hold_id is not None:
@@ -273,17 +345,58 @@ class SQLStore:
                 if hold is None:  # settled already
                     return
                 reclaimed = bool(hold[0])
-            for budget, start, reserved, charged in items:
+            for account, budget, start, reserved, charged in items:
                 release = 0 if reclaimed else reserved
-                db.execute(self._q["settle"], (release, release, charged, key_id, budget, start))
+                db.execute(self._q["settle"], (release, release, charged, account, budget, start))
+
+    def _scope_spend(self, db, account: str, since: float) -> tuple[int, int]:
+        kind, name = scope_of_account(account)
+        params = spend_params(kind, name, since)
+        if params is None:  # an end user: not in the ledger
+            return 0, 0
+        nusd, tokens = db.execute(self._q["scope_spend_" + kind], params).fetchone()
+        return int(nusd), int(tokens)
+
+    def budget_spend(self, account: str, since: float) -> tuple[int, int]:
+        """``(nano-dollars, tokens)`` an account spent since ``since``: a key's (:meth:`spend`) or a scope's
+        (the ``spend`` a :class:`~.memory.MemoryState` beside this store starts new windows from)."""
+        if not is_scope_account(account):
+            return self.spend(account, since)
+        with self.dialect.read() as db:
+            return self._scope_spend(db, account, since)
+
+    # -- budgets above the key: their definitions ----------------------------------------------------------------
+    def put_scope_budget(self, budget: ScopeBudget) -> None:
+        """Set a scope's budget (its creation time, the generation of its spend, is kept when it exists)."""
+        with self.dialect.write() as db:
+            db.execute(self._q["scope_put"], (budget.scope, budget.limits.model_dump_json(exclude_none=True),
+                                              budget.created_at, budget.updated_at))
+
+    def get_scope_budgets(self, scopes: list[str]) -> dict[str, ScopeBudget]:
+        """The budgets of those of ``scopes`` that have one."""
+        if not scopes:
+            return {}
+        sql = self.dialect.prepare(_SCOPE_GET_MANY + "(" + ", ".join("?" * len(scopes)) + ")")
+        with self.dialect.read() as db:
+            return {r[0]: _scope_budget(r) for r in db.execute(sql, tuple(scopes)).fetchall()}
+
+    def list_scope_budgets(self) -> list[ScopeBudget]:
+        with self.dialect.read() as db:
+            return [_scope_budget(r) for r in db.execute(self._q["scope_list"]).fetchall()]
+
+    def delete_scope_budget(self, scope: str) -> bool:
+        """Delete a scope's budget (its spend stays in budget_usage; set again, it starts a new generation)."""
+        with self.dialect.write() as db:
+            return db.execute(self._q["scope_delete"], (scope,)).rowcount == 1
 
     def _reclaim(self, statement: str, arg) -> int:
         with self.dialect.write() as db:
             found = db.execute(self._q[statement], (arg,)).fetchall()
             # each hold's budgets in the order its reserve locked them (no deadlock with a reserve)
             for key_id, items in found:
-                for budget, start, amount in json.loads(items):
-                    db.execute(self._q["settle"], (amount, amount, 0, key_id, budget, start))
+                for budget, start, amount, *account in json.loads(items):
+                    db.execute(self._q["settle"], (amount, amount, 0, account[0] if account else key_id, budget,
+                                                   start))
             if statement == "reclaim_expired":
                 db.execute(self._q["forget_reclaimed"], (arg - RECLAIMED_HOLD_KEEP_S,))
         return len(found)
@@ -311,6 +424,8 @@ class SQLStore:
         with self.dialect.read() as db:
             for budget, start in windows:
                 row = db.execute(self._q["usage"], (key_id, budget, start)).fetchone()
+                if row is None and is_scope_account(key_id):
+                    row = (self._scope_spend(db, key_id, start)[0 if budget_unit(budget) == "usd" else 1], 0)
                 if row is None:  # not touched yet: what its row will start from
                     spent = db.execute(self._q["spend"], (key_id, start)).fetchone()
                     row = (spent[0 if budget_unit(budget) == "usd" else 1], 0)
@@ -352,6 +467,11 @@ class SQLStore:
     def close(self) -> None:
         self.dialect.release()
         self.dialect.close()
+
+
+def _scope_budget(row) -> ScopeBudget:
+    scope, limits, created_at, updated_at = row
+    return ScopeBudget(scope, ScopeLimits.model_validate_json(limits), float(created_at), float(updated_at))
 
 
 def _key(row) -> KeyRecord:

@@ -74,6 +74,12 @@ class SQLiteDialect:
         with self._read_lock:
             yield self._reader
 
+    def checkpoint(self) -> None:
+        """Copy the WAL's pages into the database file now, on this thread, without waiting for or blocking
+        writers (PASSIVE): a bulk deletion's pages would otherwise be checkpointed inside some later commit."""
+        with self._read_lock:
+            self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def lock_schema(self, db) -> None:
         """Nothing more: the write transaction holds the file."""
 

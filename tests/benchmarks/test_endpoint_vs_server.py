@@ -38,6 +38,10 @@ def test_the_tariff_is_the_servers_metered_cost_at_saturation(tmp_path):
     assert sat["errors"] == 0 and tariff.task == "embedding"
     # the check: within 15% of the server's own metered cost per 1K tokens at the same load
     assert tariff.usd_per_1k_input_tokens == pytest.approx(sat["metered_usd_per_1k_input_tokens"], rel=0.15)
+    # the load generator shared the server's machine: its CPU share was deducted from the hour, the raw price kept
+    assert 0 < sat["client_cpu_share"] < 1
+    assert sat["usd_per_1k_input_tokens_with_client"] * (1 - sat["client_cpu_share"]) == pytest.approx(
+        tariff.usd_per_1k_input_tokens, rel=1e-9)
     # the meter read from the responses is the server's own counter: every metered dollar of the run is in them
     in_responses = sum(lv["metered_usd"] for lv in doc["levels"]) + doc["warm_up"]["metered_usd"]
     assert after["leaninfer_cost_usd_total"] - before["leaninfer_cost_usd_total"] == pytest.approx(in_responses,

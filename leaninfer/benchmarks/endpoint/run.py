@@ -64,11 +64,17 @@ def measure_endpoint(cfg: EndpointBenchConfig, out_dir: str | Path, *, key_env: 
     _writable(Path(out_dir) / "report.md", "--out")
     others = load_tariffs(compare or [])  # a bad file fails now, not after the sweep
     ep = open_endpoint(cfg.endpoint, cfg.model, task=cfg.task, api_key=api_key)
-    rows, warm_up = run_sweep(ep, cfg, price, on_event=on_event)
-    tariff = tariff_of(ep, rows, price, hardware)
     host = urlsplit(ep.base_url).hostname or ""
+    deduct = cfg.deduct_client_cpu if cfg.deduct_client_cpu is not None else host in LOCAL_HOSTS
+    rows, warm_up = run_sweep(ep, cfg, price, on_event=on_event, deduct_client_cpu=deduct)
+    tariff = tariff_of(ep, rows, price, hardware)
     notes = []
-    if host in LOCAL_HOSTS:
+    if host in LOCAL_HOSTS and deduct:
+        notes.append("the load generator shared the endpoint's machine: its CPU share of each level (a few ms per "
+                     "request in Python) was deducted from the hour priced, since an engine whose clients run "
+                     "elsewhere doesn't pay it (the raw prices are kept as *_with_client; --keep-client-cpu "
+                     "prices the whole hour)")
+    elif host in LOCAL_HOSTS:
         notes.append("the load generator shared the endpoint's machine: its CPU time (a few ms per request in "
                      "Python) was taken from the engine's, so this tariff is an upper bound for an engine whose "
                      "clients run elsewhere")

@@ -147,7 +147,7 @@ class OptimizeResult:
 
 def optimize(model, steps, out: str | Path, *, floors: Floors | dict | None = None, sts: str | Path | None = None,
              calibration_texts: list[str] | None = None, overwrite: bool = False, task: str | None = None,
-             device: str = "cpu", on_step: Callable[[int, int, str], None] | None = None) -> OptimizeResult:
+             device: str | None = None, on_step: Callable[[int, int, str], None] | None = None) -> OptimizeResult:
     """Apply ``steps`` to ``model`` (a reference or a loaded handle), check quality, write an artifact.
 
     Example:
@@ -161,7 +161,13 @@ def optimize(model, steps, out: str | Path, *, floors: Floors | dict | None = No
     if sts is not None and not Path(sts).is_file():
         raise LeaninferError(f"STS file {str(sts)!r} does not exist")
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:  # refuses an existing --out before loading anything
-        source = model if isinstance(model, Model) else load(model, task=task, device=device)
+        t_load = time.perf_counter()
+        source = model if isinstance(model, Model) else load(model, task=task, device=device or "cpu")
+        # The gate loads the written files where the source runs (default: a handle's own device). Reloading a
+        # CUDA-made bitsandbytes artifact on the CPU of a CUDA machine is what broke bnb-int8 there (issue 21:
+        # transformers places it on the GPU, .to("cpu") leaves the int8 scales behind).
+        device = device or str(source.device)
+        stage_s = {"load_source": time.perf_counter() - t_load}  # where a build's time goes (bench prints it)
         planned = plan(configs, source.state, source.task, floors=floors, has_sts=sts is not None,
                        random_weights=source.is_random)
         ctx = StepContext(work_dir=tmp, calibration_texts=list(calibration_texts or []))
@@ -171,16 +177,24 @@ def optimize(model, steps, out: str | Path, *, floors: Floors | dict | None = No
                 on_step(i, len(planned), step.name)
             current = step.apply(current, ctx)
         elapsed = time.perf_counter() - t0
+        stage_s["steps"] = elapsed
+        t_save = time.perf_counter()
         saved = current.save(tmp)
         manifest = build_manifest(current, tmp, saved=saved, source=source, steps=planned, quality=None,
                                   notes=ctx.notes, elapsed_s=round(elapsed, 3))
         manifest["floors"] = floors.model_dump(exclude_none=True)
         _write_manifest(tmp, manifest)
         # The gate judges what a user will load, not the object in memory.
+        t_reload = time.perf_counter()
+        stage_s["save"] = t_reload - t_save
         written = load_artifact(tmp, device=device)
+        t_eval = time.perf_counter()
+        stage_s["reload"] = t_eval - t_reload
         quality = evaluate(written, source, sts=sts)
+        stage_s["evaluate"] = time.perf_counter() - t_eval
         floors.check(quality)
         manifest["quality"] = quality
+        manifest["stage_s"] = {k: round(v, 3) for k, v in stage_s.items()}
         _write_manifest(tmp, manifest)
     out = Path(out).resolve()
     # The folder was renamed, not rewritten: the handle loaded from it is the artifact's (no second load).

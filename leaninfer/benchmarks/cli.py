@@ -90,6 +90,9 @@ def register(app: typer.Typer, user_errors) -> None:
                                                             "endpoint's API key"),
         tariff_out: Path = typer.Option(None, "--tariff-out", help="--endpoint: the tariff file to write "
                                                                    "(default OUT/tariff-<model>.yaml)"),
+        keep_client_cpu: bool = typer.Option(None, "--keep-client-cpu/--deduct-client-cpu", help="--endpoint: "
+                                             "price the whole hour, or the hour less the load generator's CPU "
+                                             "share (default: deducted when the endpoint is on this machine)"),
         compare_tariffs: list[str] = typer.Option(None, "--compare-tariffs", help="tariff files (comma-separated "
                                                   "or repeated) to set side by side, with --endpoint's or alone"),
     ):
@@ -98,7 +101,7 @@ def register(app: typer.Typer, user_errors) -> None:
         With --endpoint: a measured tariff ($ per 1K input and output tokens) of any OpenAI-compatible endpoint."""
         compare = [f for v in compare_tariffs or [] for f in _csv(v) or []]
         endpoint_only = {"--task": task, "--concurrency": concurrency, "--texts": texts, "--key-env": key_env,
-                         "--tariff-out": tariff_out}
+                         "--tariff-out": tariff_out, "--keep-client-cpu/--deduct-client-cpu": keep_client_cpu}
         if endpoint is not None or compare:
             offline_only = {"--variants": variants, "--suite": suite, "--batch-sizes": batch_sizes,
                             "--seq-lens": seq_lens, "--profiles": profiles, "--project-to": project_to,
@@ -109,7 +112,7 @@ def register(app: typer.Typer, user_errors) -> None:
                             "--min-time-s": min_time_s, "--slo-e2e-ms": slo_e2e_ms, "--slo-ttft-ms": slo_ttft_ms}
             _endpoint_bench(endpoint, model, task, hardware, usd_per_hour, concurrency, duration_s, prompt_tokens,
                             gen_tokens, texts, key_env, tariff_out, compare, out_dir, as_json,
-                            [k for k, v in offline_only.items() if v is not None])
+                            [k for k, v in offline_only.items() if v is not None], keep_client_cpu)
             return
         stray = [k for k, v in endpoint_only.items() if v is not None]
         if stray:
@@ -141,7 +144,9 @@ def register(app: typer.Typer, user_errors) -> None:
             def on_event(label, done, total):
                 progress.update(bar, description=label, completed=done, total=total)
 
-            report = run_bench(cfg, out_dir, on_event=on_event, argv=["leaninfer", *sys.argv[1:]])
+            report = run_bench(cfg, out_dir, on_event=on_event, argv=["leaninfer", *sys.argv[1:]],
+                               on_stage=lambda line: progress.console.print(line, markup=False, highlight=False,
+                                                                         soft_wrap=True))
         if as_json:
             print(json.dumps(report, default=str))
             return
@@ -149,7 +154,8 @@ def register(app: typer.Typer, user_errors) -> None:
         console.print(f"[green]report[/] {out_dir.resolve() / 'report.md'} (raw samples in report.json)")
 
     def _endpoint_bench(endpoint, model, task, hardware, usd_per_hour, concurrency, duration_s, prompt_tokens,
-                        gen_tokens, texts, key_env, tariff_out, compare, out_dir, as_json, others) -> None:
+                        gen_tokens, texts, key_env, tariff_out, compare, out_dir, as_json, others,
+                        keep_client_cpu=None) -> None:
         """``bench --endpoint`` (a measured tariff), or ``bench --compare-tariffs`` alone (the side-by-side table)."""
         if others:
             raise LeaninferError(f"{', '.join(others)} don't apply to --endpoint or --compare-tariffs (valid with "
@@ -160,7 +166,8 @@ def register(app: typer.Typer, user_errors) -> None:
             stray = [f for f, v in {"--task": task, "--concurrency": concurrency, "--texts": texts,
                                     "--key-env": key_env, "--tariff-out": tariff_out, "--model": model,
                                     "--hardware": hardware, "--usd-per-hour": usd_per_hour,
-                                    "--duration-s": duration_s}.items() if v is not None]
+                                    "--duration-s": duration_s,
+                                    "--keep-client-cpu/--deduct-client-cpu": keep_client_cpu}.items() if v is not None]
             if stray:
                 raise LeaninferError(f"{', '.join(stray)} apply only with --endpoint URL (--compare-tariffs alone "
                                      "takes --prompt-tokens and --gen-tokens: a traffic shape to price)")
@@ -182,7 +189,8 @@ def register(app: typer.Typer, user_errors) -> None:
         given = {"endpoint": endpoint, "model": model, "task": task, "hardware": hardware,
                  "usd_per_hour": usd_per_hour, "concurrency": levels, "duration_s": duration_s,
                  "prompt_tokens": prompt_tokens, "max_tokens": gen_tokens,
-                 "texts": read_texts(texts) if texts is not None else None}
+                 "texts": read_texts(texts) if texts is not None else None,
+                 "deduct_client_cpu": None if keep_client_cpu is None else not keep_client_cpu}
         cfg = EndpointBenchConfig(**{k: v for k, v in given.items() if v is not None})
         if cfg.texts == []:
             raise LeaninferError(f"--texts {str(texts)!r} has no non-empty line")

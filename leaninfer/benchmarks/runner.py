@@ -226,22 +226,43 @@ def spawn_worker(kind: str, job: dict, result_path: Path, timeout_s: float) -> d
     """
     job_path = result_path.parent / "jobs" / result_path.name
     job_path.parent.mkdir(exist_ok=True)
-    job_path.write_text(json.dumps(job))
+    job_path.write_text(json.dumps({**job, "spawned_at": time.time()}))  # the child measures its start-up from it
     result_path.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
     try:
         p = subprocess.run([sys.executable, "-m", "leaninfer.benchmarks.worker", kind, str(job_path), str(result_path)],
                            timeout=timeout_s, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except subprocess.TimeoutExpired:
-        return {"status": "failed", "error": f"timed out after {timeout_s:.0f} s"}
+        return {"status": "failed", "error": f"timed out after {timeout_s:.0f} s", "wall_s": time.perf_counter() - t0}
     if not result_path.exists():
         tail = " | ".join((p.stdout or "").strip().splitlines()[-3:])
-        return {"status": "failed", "error": f"the {kind} process died (exit code {p.returncode}) without a result: {tail}"}
-    return json.loads(result_path.read_text())
+        return {"status": "failed", "error": f"the {kind} process died (exit code {p.returncode}) without a result: {tail}",
+                "wall_s": time.perf_counter() - t0}
+    return {**json.loads(result_path.read_text()), "wall_s": time.perf_counter() - t0}
+
+
+def stage_line(label: str, r: dict) -> str:
+    """One line saying where a child's time went (seconds), e.g. ``built fp16: ok in 8.9 s (startup 0.2; torch
+    import 0.8; cuda init 0.6; job 7.2; load_source 2.8, steps 0.4, save 0.7, reload 0.1, evaluate 3.1)``."""
+    parts = [f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}" for k, v in (r.get("process") or {}).items()
+             if v is not None]
+    stages = r.get("stage_s") or {}
+    if stages:
+        parts.append(", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    configs = [f"b{c['batch_size']}" + (f"x{c['seq_len']}" if "seq_len" in c else "") + f" {c['config_s']:.1f}"
+               for c in r.get("results") or [] if c.get("config_s") is not None]
+    if configs:
+        parts.append("configs " + ", ".join(configs))
+    if r.get("load_s") is not None:
+        parts.append(f"load {r['load_s']:.1f}")
+    status = r.get("status", "?") if r.get("status") == "ok" else f"failed ({r.get('error')})"
+    detail = f" ({'; '.join(parts)})" if parts else ""
+    return f"{label}: {status} in {r.get('wall_s', 0.0):.1f} s{detail}"
 
 
 def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, int, int], None] | None = None,
-              argv: list[str] | None = None) -> dict:
+              argv: list[str] | None = None, on_stage: Callable[[str], None] | None = None) -> dict:
     """Run a benchmark; returns the report (also written under `out_dir` after every variant).
 
     Example:
@@ -267,6 +288,8 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
         nonlocal done
         if on_event:
             on_event(label, done, n_jobs)
+        if on_stage and label != "done":  # said before the child starts: a run cut off names the stage it was in
+            on_stage(f"{label} ...")
         done += 1
 
     def save(final: bool = False):
@@ -281,6 +304,8 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
         step("measuring memory bandwidth")
         bw = spawn_worker("bandwidth", base_job, raw_dir / "bandwidth.json", 120)
         state["bandwidth"] = bw.get("bandwidth")
+        if on_stage:
+            on_stage(stage_line("measured bandwidth", bw))
         artifacts: dict[str, str | None] = {}
         for s in specs:
             if s.steps:
@@ -288,6 +313,8 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
                 job = {**base_job, "steps": list(s.steps), "artifact_dir": str(out / "variants" / _slug(s.name)),
                        "sts": cfg.sts}
                 r = spawn_worker("build", job, raw_dir / f"build-{_slug(s.name)}.json", cfg.timeout_s)
+                if on_stage:
+                    on_stage(stage_line(f"built {s.name}", r))
                 state["builds"][s.name] = r
                 artifacts[s.name] = r.get("artifact")
                 save()
@@ -300,10 +327,10 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, on_event: Callable[[str, in
                 step(f"measuring {s.name}" + (f" (round {rnd + 1}/{cfg.rounds})" if cfg.rounds > 1 else ""))
                 if s.steps and not artifacts.get(s.name):
                     continue  # its build failed: the report says why
-                t0 = time.perf_counter()
                 r = spawn_worker("measure", measure_job(cfg, artifacts[s.name]),
                                  raw_dir / f"measure-{_slug(s.name)}-r{rnd}.json", cfg.timeout_s)
-                r["wall_s"] = time.perf_counter() - t0
+                if on_stage:
+                    on_stage(stage_line(f"measured {s.name}", r))
                 state["measures"].setdefault(s.name, []).append(r)
                 save()
         step("done")

@@ -40,16 +40,37 @@ def _set_threads(threads: int) -> None:
 
 def child_main(kind: str, job: dict, result_path: str) -> None:
     """Entry point of a spawned process: run `kind` ('build', 'measure', 'bandwidth'), write JSON."""
+    # Where a child's time goes (the parent prints it): interpreter + leaninfer imports before this line,
+    # torch import, CUDA context start, then the job itself.
+    process = {"startup_s": time.time() - job["spawned_at"] if job.get("spawned_at") else None}
     try:
+        t0 = time.perf_counter()
         _set_threads(job["threads"])
         quiet_libraries()
+        process["torch_import_s"] = time.perf_counter() - t0
+        process["cuda_init_s"] = _cuda_init(job.get("device", "cpu"))
         fn = {"build": build_variant, "measure": measure_variant, "bandwidth": bandwidth_job}[kind]
+        t0 = time.perf_counter()
         result = {"status": "ok", **fn(job)}
+        process["job_s"] = time.perf_counter() - t0
     except BaseException as e:  # the parent turns this into a failed variant and goes on
         result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    result["process"] = {k: None if v is None else round(v, 3) for k, v in process.items()}
     with open(result_path + ".tmp", "w") as f:
         json.dump(result, f)
     os.replace(result_path + ".tmp", result_path)
+
+
+def _cuda_init(device: str) -> float | None:
+    """Start the CUDA context now (seconds), so a slow start is told apart from a slow load or measurement."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    t0 = time.perf_counter()
+    torch.zeros(1, device=device)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def bandwidth_job(job: dict) -> dict:
@@ -63,7 +84,7 @@ def build_variant(job: dict) -> dict:
                  sts=job.get("sts"))
     m = r.manifest
     return {"artifact": str(r.path), "build_s": time.perf_counter() - t0, "quality": m.get("quality"),
-            "notes": m.get("notes", []), "steps": m.get("steps")}
+            "notes": m.get("notes", []), "steps": m.get("steps"), "stage_s": m.get("stage_s")}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -143,12 +164,15 @@ def measure_variant(job: dict) -> dict:
             for seq in job["seq_lens"]:
                 seq_eff = min(seq, model.max_seq_length)
                 enc = _batch(model, bs, seq_eff)
+                t_config = time.perf_counter()
                 samples = _timed_repeats(lambda enc=enc: model.embed_batch(enc), **rep)
+                config_s = time.perf_counter() - t_config  # warm-up + timed calls
                 lat = Latency.from_samples(samples)
                 out["results"].append({
                     "kind": "embedding", "batch_size": bs, "seq_len": seq_eff, "samples_s": samples,
                     "latency": lat.to_dict(), "tokens_per_batch": bs * seq_eff,
                     "tokens_per_s": bs * seq_eff / (lat.p50_ms / 1000), "sequences_per_s": bs / (lat.p50_ms / 1000),
+                    "config_s": config_s,
                 })
     else:
         if not model.runner().has_cache:

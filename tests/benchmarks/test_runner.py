@@ -31,8 +31,31 @@ def tiny_run(tmp_path_factory):
     (broken / "leaninfer.json").write_text("{not json")
     settings = get_suite("tiny") | {"variants": ["fp16", str(broken)], "usd_per_hour": 0.36}
     events = []
-    report = run_bench(BenchConfig(**settings), out / "run", on_event=lambda *a: events.append(a))
+    report = run_bench(BenchConfig(**settings), out / "run", on_event=lambda *a: events.append(a),
+                       on_stage=lambda line: events.append(("stage", line)))
     return out / "run", report, events
+
+
+def test_every_child_says_where_its_time_went(tiny_run):
+    """Issue 21: a CUDA bench ran past its time box with nothing saying which stage took the time."""
+    out, _, events = tiny_run
+    said = [e[1] for e in events if e[0] == "stage"]
+    assert said[0] == "measuring memory bandwidth ..." and said[2] == "building fp16 ..."  # before each child
+    stages = [line for line in said if not line.endswith(" ...")]
+    assert [line.split(":")[0] for line in stages] == ["measured bandwidth", "built fp16", "measured fp32",
+                                                       "measured fp16", "measured broken-artifact"]
+    build = json.loads((out / "raw" / "build-fp16.json").read_text())
+    assert set(build["stage_s"]) == {"load_source", "steps", "save", "reload", "evaluate"}
+    assert set(build["process"]) == {"startup_s", "torch_import_s", "cuda_init_s", "job_s"}
+    assert build["process"]["cuda_init_s"] is None and build["process"]["startup_s"] > 0  # a CPU run
+    assert build["process"]["job_s"] >= sum(build["stage_s"].values()) - 0.01
+    wall = float(stages[1].split(": ok in ")[1].split(" s")[0])
+    assert wall >= build["process"]["job_s"] - 0.1
+    assert "load_source" in stages[1] and "evaluate" in stages[1]
+    measure = json.loads((out / "raw" / "measure-fp32-r0.json").read_text())
+    assert all(r["config_s"] >= sum(r["samples_s"]) for r in measure["results"])
+    assert "configs b" in stages[2] and stages[2].startswith("measured fp32: ok in ")
+    assert "failed (" in stages[-1]  # the broken artifact's error is on its line
 
 
 def test_variant_parsing_adds_baseline_and_validates():

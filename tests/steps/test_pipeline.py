@@ -135,3 +135,23 @@ def test_one_step_syntax_with_parameters():
         parse_steps("int8:method=fast")
     with pytest.raises(StepError, match="parameter 'ratio' of step 'prune-ffn' must be key=value"):
         parse_steps("prune-ffn:ratio")
+
+
+def test_the_gate_reloads_on_the_handles_device(tmp_path, tiny_bert, monkeypatch):
+    """Issue 21: optimize(handle_on_cuda, "bnb-int8", out) reloaded the artifact on the CPU (the old default
+    device), where transformers put it back on the GPU and .to("cpu") left the int8 scales there."""
+    import leaninfer.pipeline as pipeline
+
+    seen = []
+    real = pipeline.load_artifact
+
+    def spy(path, device):
+        seen.append(device)
+        return real(path, device="cpu")
+
+    monkeypatch.setattr(pipeline, "load_artifact", spy)
+    src = tiny_bert.derive(module=tiny_bert.module, config=tiny_bert.config)
+    src.device = "cpu:0"  # a device other than the old default, which a CPU machine can still run
+    optimize(src, "fp16", tmp_path / "a")
+    optimize(src, "fp16", tmp_path / "b", device="cpu")
+    assert seen == ["cpu:0", "cpu"]

@@ -38,9 +38,11 @@ def _machine_usd(level: dict, usd_per_hour: float = 3.6) -> float:
 
 
 def test_an_embedding_tariff_from_the_sweep(fake, tmp_path):
-    r = bench("--endpoint", fake.url, "--model", "emb", *QUICK, "--out", str(tmp_path))
+    # the whole hour priced (by default a local endpoint's hour is priced less the client's CPU share)
+    r = bench("--endpoint", fake.url, "--model", "emb", *QUICK, "--out", str(tmp_path), "--keep-client-cpu")
     assert r.exit_code == 0, r.output
     t = load_price_list(tmp_path / "tariff-emb.yaml")
+    assert "usd_per_1k_input_tokens_with_client" not in t.level
     assert (t.model, t.task, t.source, t.usd_per_hour, t.hardware) == ("emb", "embedding", "measured", 3.6, None)
     assert [lv["concurrency"] for lv in t.levels] == [1, 3] and t.level["concurrency"] in (1, 3)
     sat = t.level
@@ -59,7 +61,7 @@ def test_an_embedding_tariff_from_the_sweep(fake, tmp_path):
 def test_a_generation_tariff_splits_the_hour_by_a_prefill_probe(fake, tmp_path):
     fake.requests.clear()
     r = bench("--endpoint", fake.url, "--model", "gen", "--task", "causal-lm", "--gen-tokens", "6", *QUICK,
-              "--out", str(tmp_path), "--tariff-out", str(tmp_path / "gen.yaml"))
+              "--out", str(tmp_path), "--tariff-out", str(tmp_path / "gen.yaml"), "--keep-client-cpu")
     assert r.exit_code == 0, r.output
     t = load_price_list(tmp_path / "gen.yaml")
     assert t.task == "causal-lm" and t.usd_per_1k_output_tokens > 0 and t.usd_per_1k_input_tokens > 0
@@ -73,6 +75,19 @@ def test_a_generation_tariff_splits_the_hour_by_a_prefill_probe(fake, tmp_path):
         assert lv["prefill_probe"]["requests"] > 0 and lv["ttft_p50_ms"] is not None and lv["itl_p50_ms"] is not None
         probe = lv["prefill_probe"]
         assert lv["usd_per_1k_input_tokens"] == pytest.approx(3.6 / 3600 / probe["input_tokens_per_s"] * 1000)
+
+
+def test_a_local_endpoints_hour_is_priced_less_the_clients_cpu_share(fake, tmp_path):
+    r = bench("--endpoint", fake.url, "--model", "emb", *QUICK, "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    t = load_price_list(tmp_path / "tariff-emb.yaml")
+    for lv in t.levels:
+        assert 0 < lv["client_cpu_share"] < 1
+        assert lv["usd_per_1k_input_tokens"] == pytest.approx(
+            lv["usd_per_1k_input_tokens_with_client"] * (1 - lv["client_cpu_share"]))
+        assert lv["usd_per_1k_input_tokens_with_client"] == pytest.approx(
+            _machine_usd(lv) / (lv["input_tokens_per_s"] * lv["duration_s"]) * 1000)
+    assert "deducted" in (tmp_path / "report.md").read_text()
 
 
 def test_a_leaninfer_meter_is_reported_beside_the_tariff(tmp_path):

@@ -76,13 +76,19 @@ class KeyPolicy(BaseModel):
 
     def budgets(self) -> dict[str, tuple[str, float | int]]:
         """The set budgets as ``{name: (window, limit)}``, e.g. ``{"usd_day": ("day", 5.0)}``."""
-        out = {}
-        for unit in ("usd", "tokens"):
-            for window in ("day", "month", "total"):
-                v = getattr(self, f"budget_{unit}_{window}")
-                if v is not None:
-                    out[f"{unit}_{window}"] = (window, v)
-        return out
+        return set_budgets(self, "budget_")
+
+
+def set_budgets(limits, prefix: str = "") -> dict[str, tuple[str, float | int]]:
+    """``{name: (window, limit)}`` of the budgets set on ``limits`` (fields ``<prefix><unit>_<window>``), in one
+    fixed order: $ then tokens, day, month, total (a key's and a scope's alike)."""
+    out = {}
+    for unit in ("usd", "tokens"):
+        for window in ("day", "month", "total"):
+            v = getattr(limits, f"{prefix}{unit}_{window}")
+            if v is not None:
+                out[f"{unit}_{window}"] = (window, v)
+    return out
 
 
 @dataclass(frozen=True)

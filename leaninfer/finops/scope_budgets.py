@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import LeaninferError
-from .keys import MAX_BUDGET_TOKENS, MAX_BUDGET_USD
+from .keys import MAX_BUDGET_TOKENS, MAX_BUDGET_USD, set_budgets
 from .windows import quoted
 
 DEFAULT_USER = "default-user"
@@ -68,13 +68,7 @@ class ScopeLimits(BaseModel):
 
     def budgets(self) -> dict[str, tuple[str, float | int]]:
         """The set budgets as ``{name: (window, limit)}``, in the order a key's are given."""
-        out = {}
-        for unit in ("usd", "tokens"):
-            for window in ("day", "month", "total"):
-                v = getattr(self, f"{unit}_{window}")
-                if v is not None:
-                    out[f"{unit}_{window}"] = (window, v)
-        return out
+        return set_budgets(self)
 
 
 @dataclass(frozen=True)

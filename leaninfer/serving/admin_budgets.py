@@ -13,10 +13,9 @@ from pydantic import ConfigDict, Field
 
 from ..errors import LeaninferError
 from ..finops.budget_admin import delete_budget, listing, set_budget
-from ..finops.refusals import InvalidKey, NotAllowed
 from ..finops.scope_budgets import ALL_KINDS, ScopeLimits
-from .errors import to_openai
-from .guard import bearer, read_body
+from .admin_keys import keyed
+from .guard import read_body
 from .protocol import OpenAIError
 
 router = APIRouter()
@@ -37,18 +36,9 @@ class BudgetPut(ScopeLimits):
 
 
 async def _admin(request: Request):
-    """The gate, once the request shows an admin key on a server with keys and a store."""
-    gate = request.app.state.gate
-    if gate.config.auth != "keys":
-        raise to_openai(InvalidKey(f"{PATH} needs an admin key (leaninfer keys create --admin) on a server run "
-                                   "with --auth keys"))
-    key = await gate.authenticate(bearer(request))
-    if key is None:
-        raise to_openai(InvalidKey())
-    if not key.policy.admin:
-        raise to_openai(NotAllowed(f"{PATH} needs an admin key (leaninfer keys create --admin)", "not_admin"))
-    if gate.store is None:
-        raise OpenAIError(404, "this server keeps no store: start it with --store", code="no_store")
+    """The gate, once the request shows an admin key on a server with keys and a store (the check of
+    ``/v1/admin/keys``: an expired key is named as such there and here)."""
+    gate, _ = await keyed(request, admin=True, what=PATH)
     return gate
 
 

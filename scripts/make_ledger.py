@@ -7,8 +7,8 @@ reports on a big ledger.
 Teams, their keys, models with their prices, endpoints, workflows, a diurnal arrival curve over ``--days`` days
 ending now (or at ``--end``), lognormal durations, 2% budget refusals, 0.5% errors, cache hits, tags. Columns are
 drawn with numpy a chunk at a time; SQLite gets ``executemany`` with the secondary indexes dropped during the
-load and built after, PostgreSQL gets ``COPY``. The rollups are rebuilt at the end by one SQL statement (the
-migration's backfill), so they equal the rows. The store is created (and migrated) by leaninfer first.
+load and built after, PostgreSQL gets ``COPY``. The rollups and spend buckets are rebuilt at the end as the
+migrations backfill them, so they equal the rows. The store is created (and migrated) by leaninfer first.
 No prompt text, as in a real ledger.
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 from leaninfer.finops.keys import KeyPolicy, KeyRecord
 from leaninfer.finops.ledger import LEDGER_FIELDS
 from leaninfer.finops.store import open_store
+from leaninfer.finops.store.bucket_sql import BUCKETS_FROM_LEDGER, backfill_tags
 from leaninfer.finops.store.ledger_schema import ROLLUP_FROM_ROWS
 
 CHUNK = 200_000
@@ -67,6 +68,8 @@ def chunk_rows(rng, start: int, n: int, t0: float, t1: float, key_team, key_weig
     tags = [json.dumps({"env": "prod"}), json.dumps({"env": "dev"}), json.dumps({}), json.dumps({"env": "prod",
                                                                                                  "region": "eu"})]
     tag = rng.integers(0, len(tags), n)
+    # a third of the requests name an end user (OpenAI's ``user``), one of 20,000
+    users = np.where(rng.random(n) < 1 / 3, rng.integers(0, 20_000, n), -1).tolist()
     endpoints = [MODELS[m][1] for m in names]
     rows = []
     created_l, dur_l, cost_l, inp_l, out_l = created.tolist(), dur.tolist(), cost.tolist(), inp.tolist(), out.tolist()
@@ -90,6 +93,7 @@ def chunk_rows(rng, start: int, n: int, t0: float, t1: float, key_team, key_weig
             "error_class": {200: "", 429: "budget_exceeded", 500: "server_error"}[st],
             "cache": "hit" if h else "miss", "cache_saved_nusd": 1000 if h else 0, "route": "",
             "fp32_cost_nusd": None, "routing_saved_nusd": 0, "attempts": "",
+            "end_user": f"user-{users[i]:05d}" if users[i] >= 0 else "",
         }
         rows.append(tuple(rec[f] for f in LEDGER_FIELDS))
     return rows
@@ -116,9 +120,12 @@ def load_sqlite(path: str, chunks) -> None:
     db.execute("BEGIN")
     db.execute("DELETE FROM ledger_daily")
     db.execute(ROLLUP_FROM_ROWS.format(int="INTEGER"))
+    db.execute("DELETE FROM spend_buckets")
+    db.execute(BUCKETS_FROM_LEDGER.format(int="INTEGER"))
+    backfill_tags(db, str, {"int": "INTEGER"})
     db.execute("COMMIT")
     db.execute("ANALYZE")
-    print(f"  rollups rebuilt in {time.perf_counter() - t:.1f} s", flush=True)
+    print(f"  rollups and spend buckets rebuilt in {time.perf_counter() - t:.1f} s", flush=True)
     db.close()
 
 
@@ -143,10 +150,14 @@ def load_postgres(url: str, chunks) -> None:
         with conn.transaction():
             conn.execute("DELETE FROM ledger_daily")
             conn.execute(ROLLUP_FROM_ROWS.format(int="BIGINT"))
+            conn.execute("DELETE FROM spend_buckets")
+            conn.execute(BUCKETS_FROM_LEDGER.format(int="BIGINT"))
+            backfill_tags(conn, lambda sql: sql.replace("?", "%s"), {"int": "BIGINT"})
         # VACUUM too: else autovacuum visits the freshly copied 10M rows during whatever is measured next
         conn.execute("VACUUM (ANALYZE) ledger")
         conn.execute("VACUUM (ANALYZE) ledger_daily")
-        print(f"  rollups rebuilt in {time.perf_counter() - t:.1f} s", flush=True)
+        conn.execute("VACUUM (ANALYZE) spend_buckets")
+        print(f"  rollups and spend buckets rebuilt in {time.perf_counter() - t:.1f} s", flush=True)
 
 
 def make(store_url: str, rows: int, days: float, end: float, teams: int = 20, keys: int = 200,

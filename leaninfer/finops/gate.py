@@ -319,7 +319,7 @@ class Gate:
             await self._limit(adm, self.limits.check_requests, key)
         adm.model, user = await read()
         if row is not None:
-            row.requested_model = adm.model
+            row.requested_model, row.end_user = adm.model, user or ""
             if not row.workflow and user:
                 row.workflow = user[:64]  # the ledger keeps labels of at most 64 characters
         if key is not None and key.policy.models is not None and adm.model not in key.policy.models:

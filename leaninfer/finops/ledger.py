@@ -45,6 +45,7 @@ class LedgerRow:
     fp32_cost_nusd: int | None = None
     routing_saved_nusd: int = 0
     attempts: str = ""  # candidates tried before served_model that could not take it, "name:code,...", in order
+    end_user: str = ""  # OpenAI's ``user``: the client's id of the person it serves ("" when not sent)
 
     def to_record(self) -> dict:
         # Not dataclasses.asdict: it deep-copies every value, and the ledger thread does this per row while

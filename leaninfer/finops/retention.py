@@ -1,10 +1,10 @@
 """Ledger retention: delete raw rows older than N days, in short batches, while the server serves.
 
-The daily rollups stay (:mod:`.rollups`): reports on a pruned range read them, and a key's "total" budget
-window adds the rollups of the pruned days to its rows (``spend`` in :mod:`.store.sql`). The cut is a UTC
-midnight, so that a rollup day is either whole in the rows or gone from them, and rows younger than
-:data:`MIN_DAYS` days always stay: a day or month budget window (35 days covers any month in any zone) only
-ever reads rows.
+The daily rollups stay (:mod:`.rollups`): reports on a pruned range read them. So do the spend buckets
+(:mod:`.spend_buckets`) that budget windows start from, so a "total" window still counts what deleted rows
+spent. The cut is a UTC midnight, so that a rollup day is either whole in the rows or gone from them, and rows
+younger than :data:`MIN_DAYS` days always stay (35 days covers any month in any zone: a month's report, and a
+window's partial first quarter hour, read rows).
 
 Each batch is one short transaction of at most ``batch`` rows, oldest first, then a pause: SQLite has one
 writer at a time, so the ledger writer's next commit waits for one batch, not for the whole deletion. The

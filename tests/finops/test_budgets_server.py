@@ -146,13 +146,18 @@ def test_one_end_user_spending_the_default_budget_does_not_block_another(served,
                      for _ in range(3)]
             bob = await c.post("/v1/embeddings", json={**EMBED, "user": "bob"}, headers=bearer(key))
             anonymous = await c.post("/v1/embeddings", json=EMBED, headers=bearer(key))
-            return alice, bob, anonymous
+        async with finops_client(served, auth="keys", store=store) as c:  # a restart: spend is read from the ledger
+            again = [await c.post("/v1/embeddings", json={**EMBED, "user": u}, headers=bearer(key))
+                     for u in ("alice", "bob", "bob")]
+        return alice, bob, anonymous, again
 
-    alice, bob, anonymous = asyncio.run(go())
+    alice, bob, anonymous, again = asyncio.run(go())
     assert [r.status_code for r in alice] == [200, 200, 429]
     err = alice[2].json()["error"]
     assert err["param"] == "default-user" and "user alice (the default end-user budget)" in err["message"]
     assert bob.status_code == 200 and anonymous.status_code == 200
+    # the ledger names each row's end user: after a restart alice is still out, bob has one request left
+    assert [r.status_code for r in again] == [429, 200, 429]
 
 
 def test_a_budget_change_reaches_a_server_within_its_cache_time(served, tmp_path):

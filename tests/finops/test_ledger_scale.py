@@ -19,13 +19,12 @@ from leaninfer.finops import export as export_mod
 from leaninfer.finops import usage_sql
 from leaninfer.finops.config import FinOpsConfig
 from leaninfer.finops.keys import KeyPolicy, KeyRecord
-from leaninfer.finops.ledger import LedgerRow
+from leaninfer.finops.ledger import LEDGER_FIELDS, LedgerRow
 from leaninfer.finops.ledger_writer import LedgerWriter
 from leaninfer.finops.retention import Retention, cutoff, prune
 from leaninfer.finops.rollups import COLUMNS, DAY_S, deltas
 from leaninfer.finops.store import open_store
 from leaninfer.finops.store.schema import migrations, statements
-from leaninfer.finops.store.sql import STATEMENTS
 from leaninfer.finops.store.sqlite import SQLiteDialect
 from leaninfer.finops.usage import usage_payload, usage_report
 
@@ -144,14 +143,25 @@ def test_an_old_store_is_migrated_with_its_rollups_backfilled_in_sql(tmp_path):
         for s in statements(script):
             db.execute(s)
     db.execute("PRAGMA user_version = 4")
-    db.executemany(STATEMENTS["append"], [tuple(json.dumps(v, sort_keys=True) if k == "tags" else v
-                                                for k, v in r.to_record().items()) for r in rows])
+    old = [f for f in LEDGER_FIELDS if f != "end_user"]  # the columns of a version 4 ledger
+    db.executemany(f"INSERT INTO ledger ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})",
+                   [tuple(json.dumps(getattr(r, f), sort_keys=True) if f == "tags" else getattr(r, f) for f in old)
+                    for r in rows])
     db.close()
     store = open_store(path)
     try:
         assert rollup_table(store) == expected_rollups(rows)
         assert store.spend("k1", 0.0) == (sum(r.cost_nusd for r in rows if r.key_id == "k1"),
                                            sum(r.charged_tokens for r in rows if r.key_id == "k1"))
+        # the spend buckets were backfilled for every scope (tags exploded from the rows' JSON)
+        since = DAY1 + 3 * DAY_S + 1234.5
+        for account, member in (("team:search@1", lambda r: r.team == "search"), ("org@1", lambda r: True),
+                                ("model:chat@1", lambda r: r.requested_model == "chat"),
+                                ("tag:env=prod@1", lambda r: r.tags.get("env") == "prod"),
+                                ("k2", lambda r: r.key_id == "k2")):
+            assert store.budget_spend(account, since) == (
+                sum(r.cost_nusd for r in rows if member(r) and r.created_at >= since),
+                sum(r.charged_tokens for r in rows if member(r) and r.created_at >= since)), account
     finally:
         store.close()
 
@@ -275,11 +285,15 @@ def test_sqlite_queries_read_indexes_not_scans(tmp_path):
     store = open_store(tmp_path / "l.db")
     store.append(random_rows(random.Random(11), 50))
     try:
-        spend = _plan(store, store._q["spend"], ("k1", DAY1))
-        assert "ledger_key_spend" in spend and "SCAN ledger " not in spend + " ", spend
-        assert "ledger_daily_key" in spend, spend
-        new_window = _plan(store, store._q["new_window_usd"], ("k1", "usd_day", DAY1, "k1", DAY1))
-        assert "ledger_key_spend" in new_window, new_window
+        # a budget window's first read: the scope's buckets by primary key, the partial quarter hour by an index
+        buckets = _plan(store, store._q["bucket_spend"], ("team:search", DAY1))
+        assert "spend_buckets" in buckets and "SCAN" not in buckets, buckets
+        for kind, index in (("key", "ledger_key_spend"), ("team", "ledger_team_time"), ("model", "ledger_time_id"),
+                            ("tag", "ledger_time_id"), ("user", "ledger_time_id")):
+            raw = _plan(store, store._q["raw_spend_" + kind], (DAY1, DAY1 + 600, "x"))
+            assert index in raw and "SCAN ledger " not in raw + " ", (kind, raw)
+        raw = _plan(store, store._q["raw_spend_org"], (DAY1, DAY1 + 600))
+        assert "ledger_time_id" in raw, raw
         rollups = _plan(store, "SELECT team, day, SUM(requests) FROM ledger_daily WHERE day >= ? AND day < ? "
                                "GROUP BY team, day", (DAY1, DAY1 + 30 * DAY_S))
         assert "SCAN ledger_daily" not in rollups, rollups

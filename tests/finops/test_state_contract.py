@@ -149,3 +149,16 @@ def test_cache_keeps_bytes_until_expiry_within_its_bound(backend):  # noqa: F811
                                                                         (b"z" * 45, 4)]
     s.cache_put("late", b"l", 1, 4000.0, 3500.0, 100)  # expired entries go on the next put
     assert s.cache_get("new", 3500.0) is None and s.cache_get("late", 3500.0) == (b"l", 1)
+
+
+def test_rate_hit_scoped_counts_across_accounts_all_or_nothing(backend):  # noqa: F811
+    s = backend.state
+    items = lambda cost: [("k1", "tpm", 100, cost), ("team:a@1", "rpm", 2, 1), ("team:a@1", "tpm", 50, cost)]  # noqa: E731
+    assert s.rate_hit_scoped(items(30), 60.0, NOON + 1) == [(True, 70, NOON + 60), (True, 1, NOON + 60),
+                                                           (True, 20, NOON + 60)]
+    refused = s.rate_hit_scoped(items(30), 60.0, NOON + 2)  # the team's tpm can't take 30 more
+    assert [ok for ok, _, _ in refused] == [True, True, False]
+    # nothing was counted by the refusal: the key's tpm and the team's rpm are as before
+    assert s.rate_hit_scoped([("k1", "tpm", 100, 70), ("team:a@1", "rpm", 2, 1)], 60.0, NOON + 3) == [
+        (True, 0, NOON + 60), (True, 0, NOON + 60)]
+    assert s.rate_hit("k1", [("tpm", 100, 1)], 60.0, NOON + 4)[0][0] is False  # one account, as rate_hit sees it

@@ -1,9 +1,9 @@
 """The ledger's reads and writes at scale, for :class:`~.sql.SQLStore`: the same SQL text for SQLite and
 PostgreSQL (``?`` placeholders, filled in by the dialect's ``prepare``).
 
-- **Append** keeps the daily rollups (:mod:`..rollups`) current in the rows' own transaction: the rows a retried
-  write replaces are read first (by primary key) and their share taken back, so a rollup always equals the sum
-  of its rows.
+- **Append** keeps the daily rollups (:mod:`..rollups`) and the spend buckets (:mod:`..spend_buckets`) current in
+  the rows' own transaction: the rows a retried write replaces are read first (by primary key) and their share
+  taken back, so a rollup or a bucket always equals the sum of its rows.
 - **Grouped sums** run in SQL: ``GROUP BY`` the asked fields, and the report's periods joined as a small
   ``VALUES`` table of ``[lo, hi)`` bounds, so that a day is the report zone's own day (DST included) on both
   engines. Durations of answered requests come back as bare floats (for an exact p95), not as rows.
@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 
+from .. import spend_buckets
 from ..ledger import LEDGER_FIELDS, LedgerRow
 from ..rollups import COLUMNS, DIMS, HIST, SUMS, deltas
+from .bucket_sql import ADD as BUCKET_ADD
 from .ledger_schema import MODEL_OF_ROW
 
 # a group-by name as a raw-row expression (the rollup table has a column of each name)
@@ -62,6 +64,7 @@ class LedgerSQL:
         self.dialect = dialect
         self.real = dialect.types["real"]
         self.rollup_add = dialect.prepare(ROLLUP_ADD)
+        self.bucket_add = dialect.prepare(BUCKET_ADD)
 
     def q(self, sql: str) -> str:
         return self.dialect.prepare(sql)
@@ -85,6 +88,9 @@ class LedgerSQL:
             changes = sorted(deltas(rows, replaced), key=lambda c: c[:len(DIMS)])
             if changes:
                 cur.executemany(self.rollup_add, changes)
+            spent = spend_buckets.deltas(rows, replaced)  # in key order too
+            if spent:
+                cur.executemany(self.bucket_add, spent)
         finally:
             cur.close()
 

@@ -5,15 +5,19 @@ few dictionary operations, microseconds, where a thread hop would cost more than
 safe for any other caller too (threads of a test, a notebook) at the price of an uncontended acquire.
 
 A budget window seen for the first time starts from the ledger's spend since its start (``spend``, the
-store's; nothing without a store), then counts what this process settles: right for one server, which is why
-a server on this State takes its store exclusively (:meth:`~.ports.Store.claim`).
+store's; nothing without a store), read outside the lock, then counts what this process settles: right for one
+server, which is why a server on this State takes its store exclusively (:meth:`~.ports.Store.claim`). Windows
+idle for :data:`IDLE_S` with nothing reserved are forgotten and read back when used again, so memory follows
+the accounts in use (a key shared by ever-new end users, each with the default end-user budget, included).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .ports import (
@@ -26,16 +30,23 @@ from .ports import (
     RateResult,
     ScopedAsk,
     ScopedCharge,
+    ScopedRateAsk,
     Spend,
     budget_unit,
     sliding_window,
 )
+
+# A budget window untouched this long with nothing reserved is forgotten, and read back from the ledger when used
+# again (a response leaves only once its row is committed, so the ledger holds what it settled long before).
+IDLE_S = 120.0
+FORGET_PER_CALL = 4  # windows looked at per call: forgetting costs each call O(1), never a sweep of them all
 
 
 @dataclass
 class _Account:
     settled: int = 0
     reserved: int = 0
+    used_at: float = 0.0  # monotonic time of the last reserve or settle
 
 
 @dataclass
@@ -51,6 +62,7 @@ class _Window:
     start: float
     prev: int = 0
     curr: int = 0
+    forget_at: float = 0.0  # monotonic time after which it counts nothing
 
 
 @dataclass
@@ -79,28 +91,65 @@ class MemoryState:
     blocking = False
     persistent = False
 
-    def __init__(self, spend: Spend | None = None):
-        self._spend = spend
+    def __init__(self, spend: Spend | None = None, idle_s: float = IDLE_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self._spend, self._idle_s, self._clock = spend, idle_s, clock
         self._lock = threading.Lock()
-        self._accounts: dict[tuple[str, str, float], _Account] = {}
+        # both in order of last use, oldest first: what has been idle longest is forgotten first (_forget)
+        self._accounts: OrderedDict[tuple[str, str, float], _Account] = OrderedDict()
+        self._windows: OrderedDict[tuple[str, str], _Window] = OrderedDict()
         self._holds: dict[str, _Hold] = {}
-        self._windows: dict[tuple[str, str], _Window] = {}
         self._cache = _Cache()
 
     # -- budgets ------------------------------------------------------------------------------------------------
     def _start_of(self, key_id: str, budget: str, start: float) -> int:
         """What a window seen for the first time has spent already: the ledger's sum since its start."""
-        unit = budget_unit(budget)
         if self._spend is None:
             return 0
         nusd, tokens = self._spend(key_id, start)
-        return nusd if unit == "usd" else tokens
+        return nusd if budget_unit(budget) == "usd" else tokens
 
-    def _account(self, key_id: str, budget: str, start: float) -> _Account:
-        acc = self._accounts.get((key_id, budget, start))
+    def _seeds(self, keys) -> dict[tuple[str, str, float], int]:
+        """The ledger's spend of each window of ``keys`` not kept here: read outside the lock (I/O: the event
+        loop's inline calls must never wait on it)."""
+        return {k: self._start_of(*k) for k in keys if k not in self._accounts}
+
+    def _account(self, key: tuple[str, str, float], seeds: dict, now: float) -> _Account | None:
+        """The kept window ``key``, or a new one from ``seeds`` (None when it is in neither: read it first)."""
+        acc = self._accounts.get(key)
         if acc is None:
-            acc = self._accounts[(key_id, budget, start)] = _Account(self._start_of(key_id, budget, start))
+            if key not in seeds:
+                return None
+            acc = self._accounts[key] = _Account(seeds[key])
+        else:
+            self._accounts.move_to_end(key)
+        acc.used_at = now
         return acc
+
+    def _forget(self, now: float) -> None:
+        """Under the lock: drop a few of the windows idle longest, so that memory follows the accounts in use
+        (ever-new end users, yesterday's windows), not every account ever seen. A budget window goes only when
+        nothing is reserved in it and it has been idle :data:`IDLE_S`: its settled spend is in the ledger by
+        then (a response leaves once its row is committed), where its next use reads it back from. Without a
+        ledger to read back from, budget windows stay. A rate window goes once it counts nothing."""
+        for _ in range(FORGET_PER_CALL):
+            if not self._accounts or self._spend is None:
+                break
+            key, acc = next(iter(self._accounts.items()))
+            if acc.used_at > now - self._idle_s:
+                break
+            if acc.reserved:  # a request older than IDLE_S still holds it: keep it, look again later
+                acc.used_at = now
+                self._accounts.move_to_end(key)
+            else:
+                del self._accounts[key]
+        for _ in range(FORGET_PER_CALL):
+            if not self._windows:
+                break
+            key, w = next(iter(self._windows.items()))
+            if w.forget_at > now:
+                break
+            del self._windows[key]
 
     def cold(self, key_id: str, windows: list[tuple[str, float]]) -> bool:
         return self._spend is not None and any((key_id, b, s) not in self._accounts for b, s in windows)
@@ -109,24 +158,33 @@ class MemoryState:
         self.reserve_scoped([(key_id, *item) for item in items], hold, key_id)
 
     def reserve_scoped(self, items: list[ScopedAsk], hold: Hold | None, key_id: str = "") -> None:
-        with self._lock:
-            plan = []
-            for account, budget, start, limit, asked in items:
-                acc = self._account(account, budget, start)
-                if acc.settled + acc.reserved + asked > limit:
-                    raise BudgetRefused(budget, start, limit, acc.settled, acc.reserved, asked, account)
-                plan.append((acc, asked))
-            for acc, asked in plan:
-                acc.reserved += asked
-            if hold is not None:
-                self._holds[hold.hold_id] = _Hold(key_id, [(k, b, s, a) for k, b, s, _, a in items],
-                                                  hold.expires_at)
+        keys = [(account, budget, start) for account, budget, start, _, _ in items]
+        seeds = self._seeds(keys)
+        while True:
+            with self._lock:
+                now = self._clock()
+                found = [self._account(k, seeds, now) for k in keys]
+                if None in found:  # forgotten between the read and the lock: read it again, outside
+                    missing = [k for k, acc in zip(keys, found, strict=True) if acc is None]
+                else:
+                    for acc, (account, budget, start, limit, asked) in zip(found, items, strict=True):
+                        if acc.settled + acc.reserved + asked > limit:
+                            raise BudgetRefused(budget, start, limit, acc.settled, acc.reserved, asked, account)
+                    for acc, item in zip(found, items, strict=True):
+                        acc.reserved += item[4]
+                    if hold is not None:
+                        self._holds[hold.hold_id] = _Hold(key_id, [(k, b, s, a) for k, b, s, _, a in items],
+                                                          hold.expires_at)
+                    self._forget(now)
+                    return
+            seeds |= self._seeds(missing)
 
     def settle(self, key_id: str, items: list[BudgetCharge], hold_id: str | None) -> None:
         self.settle_scoped([(key_id, *item) for item in items], hold_id)
 
     def settle_scoped(self, items: list[ScopedCharge], hold_id: str | None) -> None:
         with self._lock:
+            now = self._clock()
             reclaimed = False
             if hold_id is not None:
                 hold = self._holds.pop(hold_id, None)
@@ -134,9 +192,12 @@ class MemoryState:
                     return
                 reclaimed = hold.reclaimed
             for account, budget, start, reserved, charged in items:
-                acc = self._account(account, budget, start)
-                acc.reserved = max(acc.reserved - (0 if reclaimed else reserved), 0)
-                acc.settled += charged
+                # A window forgotten since (it had nothing reserved: this request's hold was reclaimed) is not
+                # brought back: its next use reads the ledger, which will hold this request's row.
+                acc = self._account((account, budget, start), {}, now)
+                if acc is not None:
+                    acc.reserved = max(acc.reserved - (0 if reclaimed else reserved), 0)
+                    acc.settled += charged
 
     def reclaim(self, now: float) -> int:
         with self._lock:
@@ -159,30 +220,39 @@ class MemoryState:
         return 0
 
     def budget_used(self, key_id: str, windows: list[tuple[str, float]]) -> dict[str, tuple[int, int]]:
+        seeds = self._seeds([(key_id, budget, start) for budget, start in windows])
         with self._lock:
             out = {}
             for budget, start in windows:
                 acc = self._accounts.get((key_id, budget, start))
-                out[budget] = (acc.settled, acc.reserved) if acc else (self._start_of(key_id, budget, start), 0)
+                out[budget] = (acc.settled, acc.reserved) if acc else (seeds.get((key_id, budget, start), 0), 0)
             return out
 
     # -- rate limits --------------------------------------------------------------------------------------------
     def rate_hit(self, key_id: str, items: list[RateAsk], window_s: float, now: float) -> list[RateResult]:
+        return self.rate_hit_scoped([(key_id, *item) for item in items], window_s, now)
+
+    def rate_hit_scoped(self, items: list[ScopedRateAsk], window_s: float, now: float) -> list[RateResult]:
         start = math.floor(now / window_s) * window_s
         with self._lock:
+            mono = self._clock()
             results, windows = [], []
-            for name, quota, cost in items:
-                w = self._windows.get((key_id, name))
+            for account, name, quota, cost in items:
+                w = self._windows.get((account, name))
                 if w is None:
-                    w = self._windows[(key_id, name)] = _Window(start)
-                elif w.start != start:  # a new window: the current count becomes the previous one, if adjacent
+                    w = self._windows[(account, name)] = _Window(start)
+                else:
+                    self._windows.move_to_end((account, name))
+                w.forget_at = mono + 2 * window_s
+                if w.start != start:  # a new window: the current count becomes the previous one, if adjacent
                     w.prev, w.curr = (w.curr if start - w.start == window_s else 0), 0
                     w.start = start
                 results.append(sliding_window(w.prev, w.curr, start, window_s, now, quota, cost))
                 windows.append(w)
             if all(allowed for allowed, _, _ in results):
-                for w, (_, _, cost) in zip(windows, items, strict=True):
+                for w, (_, _, _, cost) in zip(windows, items, strict=True):
                     w.curr += cost
+            self._forget(mono)
             return results
 
     # -- response cache -----------------------------------------------------------------------------------------

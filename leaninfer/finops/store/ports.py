@@ -27,6 +27,7 @@ BudgetCharge = tuple[str, float, int, int]  # (budget name, window start, reserv
 ScopedAsk = tuple[str, str, float, int, int]  # (account, budget name, window start, limit, asked)
 ScopedCharge = tuple[str, str, float, int, int]  # (account, budget name, window start, reserved, charged)
 RateAsk = tuple[str, int, int]  # (limit name, quota, cost)
+ScopedRateAsk = tuple[str, str, int, int]  # (account, limit name, quota, cost): a key id or a scope's account
 RateResult = tuple[bool, int, float]  # (allowed, remaining, reset_at)
 Spend = Callable[[str, float], tuple[int, int]]  # (key_id, since) -> (nano-dollars, tokens), the ledger's sums
 BUDGET_UNITS = ("usd", "tokens")  # a budget's name starts with its unit: usd_day, tokens_total, ...
@@ -141,6 +142,10 @@ class State(Protocol):
     def rate_hit(self, key_id: str, items: list[RateAsk], window_s: float, now: float) -> list[RateResult]:
         """Count ``cost`` against every ``(name, quota, cost)`` of ``items`` if all fit, else count none; one
         ``(allowed, remaining, reset_at)`` per item (:func:`sliding_window`)."""
+
+    def rate_hit_scoped(self, items: list[ScopedRateAsk], window_s: float, now: float) -> list[RateResult]:
+        """:meth:`rate_hit` across accounts (a key's limits and those of the scopes above it) in one atomic step:
+        all counted, or none when one would pass its quota; one result per item, in order."""
 
     def cache_get(self, key: str, now: float) -> tuple[bytes, int] | None:
         """``(body, cost_nusd)`` of an entry that has not expired at ``now``, else None."""

@@ -9,6 +9,7 @@ databases open and move forward unchanged. Statements are separated by ``;`` (no
 
 from __future__ import annotations
 
+from .bucket_sql import MIGRATION as SPEND_BUCKETS
 from .ledger_schema import LEDGER_AT_SCALE
 from .scope_sql import MIGRATION as SCOPE_BUDGETS
 
@@ -77,6 +78,10 @@ MIGRATIONS = [
     """
     CREATE TABLE spend_reports (report TEXT PRIMARY KEY, sent_at {real} NOT NULL)
     """,
+    # 8: the ledger names the end user (OpenAI's ``user``), and what each budget scope (key, team, model, tag, end
+    # user, org) spent per quarter hour, backfilled: a budget window's first read sums a few bucket rows, not the
+    # month's requests (text in .bucket_sql)
+    SPEND_BUCKETS,
 ]
 
 

@@ -35,6 +35,9 @@ from ...errors import LeaninferError
 from ..keys import KeyPolicy, KeyRecord
 from ..ledger import LEDGER_FIELDS, LedgerRow
 from ..scope_budgets import ScopeBudget, ScopeLimits, is_scope_account, scope_of_account
+from .bucket_sql import STATEMENTS as _BUCKET_STATEMENTS
+from .bucket_sql import VERSION as _BUCKETS_VERSION
+from .bucket_sql import backfill_tags, scope_spend
 from .ledger_sql import LedgerSQL, row_of
 from .ports import (
     RECLAIMED_HOLD_KEEP_S,
@@ -46,15 +49,14 @@ from .ports import (
     RateResult,
     ScopedAsk,
     ScopedCharge,
+    ScopedRateAsk,
     budget_unit,
     sliding_window,
 )
 from .schema import migrations, statements
 from .scope_sql import GET_MANY as _SCOPE_GET_MANY
 from .scope_sql import STATEMENTS as _SCOPE_STATEMENTS
-from .scope_sql import spend_params
 
-_SPEND_COLUMN = {"usd": "cost_nusd", "tokens": "charged_tokens"}
 _KEY_COLUMNS = "key_id, key_hash, policy, created_at, revoked_at"
 _OWNER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # an owner id names a lock file: no path characters
 _RECLAIM = ("UPDATE budget_holds SET reclaimed = TRUE WHERE hold_id IN (SELECT hold_id FROM budget_holds "
@@ -62,17 +64,6 @@ _RECLAIM = ("UPDATE budget_holds SET reclaimed = TRUE WHERE hold_id IN (SELECT h
 # the oldest entries beyond the newest ones that fit in max_bytes
 _EVICT = ("DELETE FROM response_cache WHERE key IN (SELECT key FROM (SELECT key, SUM(size) OVER "
           "(ORDER BY created_at DESC, key DESC) AS kept FROM response_cache) AS t WHERE kept > ?)")
-
-# A key's spend since a time (params: key_id, since), read from the index ledger_key_spend: the rows since then,
-# and the daily rollups of the days retention deleted rows of (days before the horizon; .retention keeps rows of
-# the last 35 days at least, so that only the "total" window, which starts at 0, reaches rollups)
-_SPEND = ("WITH p AS (SELECT CAST(? AS TEXT) AS k, CAST(? AS {real}) AS t, "
-          "(SELECT COALESCE(MAX(horizon), 0) FROM ledger_pruned) AS h) "
-          "SELECT COALESCE(SUM(a), 0) AS usd, COALESCE(SUM(b), 0) AS tokens FROM ("
-          "SELECT cost_nusd AS a, charged_tokens AS b FROM ledger WHERE key_id = (SELECT k FROM p) "
-          "AND created_at >= (SELECT t FROM p) AND created_at >= (SELECT h FROM p) UNION ALL "
-          "SELECT cost_nusd, charged_tokens FROM ledger_daily WHERE key_id = (SELECT k FROM p) "
-          "AND day >= (SELECT t FROM p) AND day < (SELECT h FROM p)) AS u")
 
 STATEMENTS: dict[str, str] = {
     "add_key": f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
@@ -88,16 +79,11 @@ STATEMENTS: dict[str, str] = {
     "append": (f"INSERT INTO ledger ({', '.join(LEDGER_FIELDS)}) VALUES ({', '.join('?' * len(LEDGER_FIELDS))}) "
                "ON CONFLICT (request_id) DO UPDATE SET "
                + ", ".join(f"{f} = excluded.{f}" for f in LEDGER_FIELDS if f != "request_id")),
-    "spend": _SPEND,
     "rows": f"SELECT {', '.join(LEDGER_FIELDS)} FROM ledger WHERE created_at >= ? ORDER BY created_at",
     "rows_until": (f"SELECT {', '.join(LEDGER_FIELDS)} FROM ledger WHERE created_at >= ? AND created_at < ? "
                    "ORDER BY created_at"),
     "take": ("UPDATE budget_usage SET reserved = reserved + ? WHERE key_id = ? AND budget = ? AND window_start = ? "
              "AND settled + reserved + ? <= ? RETURNING reserved"),
-    **{f"new_window_{unit}": ("INSERT INTO budget_usage (key_id, budget, window_start, settled, reserved) "
-                              "SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS {real}), "
-                              f"s.{unit}, 0 FROM ({_SPEND}) AS s WHERE TRUE ON CONFLICT DO NOTHING")
-       for unit in _SPEND_COLUMN},
     "usage": "SELECT settled, reserved FROM budget_usage WHERE key_id = ? AND budget = ? AND window_start = ?",
     "usage_lock": ("SELECT settled, reserved FROM budget_usage WHERE key_id = ? AND budget = ? AND window_start = ?"
                    "{row_lock}"),
@@ -125,6 +111,7 @@ STATEMENTS: dict[str, str] = {
     "cache_evict": _EVICT,
 }
 STATEMENTS.update(_SCOPE_STATEMENTS)  # budgets above the key
+STATEMENTS.update(_BUCKET_STATEMENTS)  # what each scope spent per quarter hour
 
 
 class Dialect(Protocol):
@@ -201,6 +188,8 @@ class SQLStore:
                     return
                 for statement in statements(wanted[version]):
                     db.execute(statement)
+                if version + 1 == _BUCKETS_VERSION:
+                    backfill_tags(db, self.dialect.prepare, self.dialect.types)
                 self.dialect.set_schema_version(db, version + 1)
 
     def schema_version(self) -> int:
@@ -272,9 +261,7 @@ class SQLStore:
             self._ledger.append(db, rows, self._q["append"], values)  # and the rows' daily rollups
 
     def spend(self, key_id: str, since: float) -> tuple[int, int]:
-        with self.dialect.read() as db:
-            nusd, tokens = db.execute(self._q["spend"], (key_id, since)).fetchone()
-        return int(nusd), int(tokens)
+        return self.budget_spend(key_id, since)
 
     def rows(self, since: float | None = None, until: float | None = None) -> list[LedgerRow]:
         with self.dialect.read() as db:
@@ -309,15 +296,11 @@ class SQLStore:
             for account, budget, start, limit, asked in items:
                 where = (account, budget, start)
                 taken = db.execute(self._q["take"], (asked, *where, asked, limit)).fetchone()
-                if taken is None and not is_scope_account(account):
-                    # a new window (or a full one): create it from the ledger, then try again
-                    db.execute(self._q["new_window_" + budget_unit(budget)], (*where, account, start))
-                    taken = db.execute(self._q["take"], (asked, *where, asked, limit)).fetchone()
-                elif taken is None and db.execute(self._q["usage"], where).fetchone() is None:
-                    # a scope's new window, from what the scope spent since its start (a concurrent creator's
-                    # row wins: ON CONFLICT DO NOTHING)
-                    seed = self._scope_spend(db, account, start)[0 if budget_unit(budget) == "usd" else 1]
-                    db.execute(self._q["scope_window"], (*where, seed))
+                if taken is None and db.execute(self._q["usage"], where).fetchone() is None:
+                    # a new window: created from what the account spent since its start (spend buckets: a few
+                    # rows), then taken; a concurrent creator's row wins (ON CONFLICT DO NOTHING)
+                    seed = self._account_spend(db, account, start)[0 if budget_unit(budget) == "usd" else 1]
+                    db.execute(self._q["new_window"], (*where, seed))
                     taken = db.execute(self._q["take"], (asked, *where, asked, limit)).fetchone()
                 if taken is None:
                     # Locked, the row's latest: under READ COMMITTED a reservation settled since the failed
@@ -349,21 +332,18 @@ class SQLStore:
                 release = 0 if reclaimed else reserved
                 db.execute(self._q["settle"], (release, release, charged, account, budget, start))
 
-    def _scope_spend(self, db, account: str, since: float) -> tuple[int, int]:
-        kind, name = scope_of_account(account)
-        params = spend_params(kind, name, since)
-        if params is None:  # an end user: not in the ledger
-            return 0, 0
-        nusd, tokens = db.execute(self._q["scope_spend_" + kind], params).fetchone()
-        return int(nusd), int(tokens)
+    def _account_spend(self, db, account: str, since: float) -> tuple[int, int]:
+        if is_scope_account(account):
+            kind, name = scope_of_account(account)
+            return scope_spend(db, self._q, f"{kind}:{name}" if name else kind, since)
+        return scope_spend(db, self._q, f"key:{account}", since)
 
     def budget_spend(self, account: str, since: float) -> tuple[int, int]:
-        """``(nano-dollars, tokens)`` an account spent since ``since``: a key's (:meth:`spend`) or a scope's
-        (the ``spend`` a :class:`~.memory.MemoryState` beside this store starts new windows from)."""
-        if not is_scope_account(account):
-            return self.spend(account, since)
+        """``(nano-dollars, tokens)`` an account spent on requests that arrived at or after ``since``: a key's
+        (its id) or a scope's above it (``team:search@<generation>``), read from the spend buckets (the ``spend``
+        a :class:`~.memory.MemoryState` beside this store starts new windows from)."""
         with self.dialect.read() as db:
-            return self._scope_spend(db, account, since)
+            return self._account_spend(db, account, since)
 
     # -- budgets above the key: their definitions ----------------------------------------------------------------
     def put_scope_budget(self, budget: ScopeBudget) -> None:
@@ -424,30 +404,30 @@ class SQLStore:
         with self.dialect.read() as db:
             for budget, start in windows:
                 row = db.execute(self._q["usage"], (key_id, budget, start)).fetchone()
-                if row is None and is_scope_account(key_id):
-                    row = (self._scope_spend(db, key_id, start)[0 if budget_unit(budget) == "usd" else 1], 0)
                 if row is None:  # not touched yet: what its row will start from
-                    spent = db.execute(self._q["spend"], (key_id, start)).fetchone()
-                    row = (spent[0 if budget_unit(budget) == "usd" else 1], 0)
+                    row = (self._account_spend(db, key_id, start)[0 if budget_unit(budget) == "usd" else 1], 0)
                 out[budget] = (int(row[0]), int(row[1]))
         return out
 
     # -- rate limits ---------------------------------------------------------------------------------------------
     def rate_hit(self, key_id: str, items: list[RateAsk], window_s: float, now: float) -> list[RateResult]:
+        return self.rate_hit_scoped([(key_id, *item) for item in items], window_s, now)
+
+    def rate_hit_scoped(self, items: list[ScopedRateAsk], window_s: float, now: float) -> list[RateResult]:
         start = math.floor(now / window_s) * window_s
         with self.dialect.write() as db:
             counts = {}
-            for name in sorted({name for name, _, _ in items}):  # lock the current windows' rows in one order
-                db.execute(self._q["rate_row"], (key_id, name, start))
-                db.execute(self._q["rate_lock"], (key_id, name, start)).fetchall()
-                counts[name] = {float(s): int(c) for s, c in
-                                db.execute(self._q["rate_counts"], (key_id, name, start - window_s)).fetchall()}
-            results = [sliding_window(counts[name].get(start - window_s, 0), counts[name].get(start, 0), start,
-                                      window_s, now, quota, cost) for name, quota, cost in items]
+            for account, name in sorted({(a, n) for a, n, _, _ in items}):  # lock the windows' rows in one order
+                db.execute(self._q["rate_row"], (account, name, start))
+                db.execute(self._q["rate_lock"], (account, name, start)).fetchall()
+                counts[account, name] = {float(s): int(c) for s, c in db.execute(
+                    self._q["rate_counts"], (account, name, start - window_s)).fetchall()}
+            results = [sliding_window(counts[a, n].get(start - window_s, 0), counts[a, n].get(start, 0), start,
+                                      window_s, now, quota, cost) for a, n, quota, cost in items]
             if all(allowed for allowed, _, _ in results):
-                for name, _, cost in items:
-                    db.execute(self._q["rate_add"], (cost, key_id, name, start))
-                    db.execute(self._q["rate_forget"], (key_id, name, start - window_s))
+                for account, name, _, cost in items:
+                    db.execute(self._q["rate_add"], (cost, account, name, start))
+                    db.execute(self._q["rate_forget"], (account, name, start - window_s))
         return results
 
     # -- response cache ------------------------------------------------------------------------------------------

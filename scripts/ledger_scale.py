@@ -7,9 +7,9 @@ scripts/make_ledger.py (60 days ending at a UTC midnight), on SQLite and on Post
 (a) ``leaninfer usage --by team --period day`` over the last 30 days: in process (``usage_payload``), and the
     whole CLI as a subprocess (interpreter start included); the raw-rows path once, for comparison. Floor: 1 s.
 (b) the admission path's store work per request, at steady state, with that ledger behind it vs an empty store:
-    key read, budget reserve, settle (the shared-state path: the State is the store) and the ledger row's
-    append; p50/p99 over ``--ops`` requests. Also a budget window's cold read (the first request of a day for
-    a key: the spend since midnight from the index). Floor: p99 added <= 1 ms.
+    key read, budget reserve in a key's, a team's and the organisation's budgets, settle (the shared-state path:
+    the State is the store) and the ledger row's append; p50/p99 over ``--ops`` requests. Also budget windows'
+    cold reads (a key's day, scopes' months: their spend buckets). Floor: p99 added <= 1 ms.
 (c) retention deleting the first month (batches of 500 rows, 50 ms apart) while a paced load of (b) runs:
     the load's p99 during the deletion vs idle, for up to ``--prune-s`` seconds. Floor: within 2x.
 
@@ -107,7 +107,8 @@ def plans(store, end: float) -> dict:
     pg = store.dialect.name == "PostgreSQL"
     explain = "EXPLAIN " if pg else "EXPLAIN QUERY PLAN "
     queries = {
-        "spend": (store._q["spend"], ("key-0000", end - DAY)),
+        "bucket_spend": (store._q["bucket_spend"], ("org", end - 30 * DAY)),
+        "raw_spend_org": (store._q["raw_spend_org"], (end - DAY - 600, end - DAY)),
         "rollup_team_day": (store.dialect.prepare("SELECT team, day, SUM(requests) FROM ledger_daily WHERE day >= ? "
                                                   "AND day < ? GROUP BY team, day"), (end - 30 * DAY, end)),
     }
@@ -128,12 +129,17 @@ class Admission:
         self.tag = f"bench-{os.getpid()}-{id(self)}"
 
     def once(self) -> float:
+        """One request's store work: its key, a reservation in its key's day budget and in its team's and the
+        organisation's month budgets (one transaction), the settle, and its ledger row."""
         self.i += 1
         t = time.perf_counter()
         self.store.get_key(self.key_id)
         hold = Hold(f"{self.tag}-{self.i}", "", self.now + 600)
-        self.store.reserve(self.key_id, [("usd_day", self.day, 10**15, 2_000_000)], hold)
-        self.store.settle(self.key_id, [("usd_day", self.day, 2_000_000, 1_234_567)], hold.hold_id)
+        month = self.day - 29 * DAY
+        accounts = [(self.key_id, "usd_day", self.day), ("team:team-01@1", "usd_month", month),
+                    ("org@1", "usd_month", month)]
+        self.store.reserve_scoped([(a, b, w, 10**15, 2_000_000) for a, b, w in accounts], hold, self.key_id)
+        self.store.settle_scoped([(a, b, w, 2_000_000, 1_234_567) for a, b, w in accounts], hold.hold_id)
         self.store.append([LedgerRow(f"{self.tag}-{self.i}", self.now, self.now + 0.05, "embeddings", "minilm",
                                      "minilm", key_id=self.key_id, team="bench", workflow="rag",
                                      input_tokens=12, cost_nusd=1_234_567, duration_s=0.05)])
@@ -147,13 +153,25 @@ def admission(store, key_id: str, now: float, ops: int) -> dict:
     return ms([a.once() for _ in range(ops)])
 
 
-def cold_reads(store, keys: list[str], window_start: float) -> dict:
-    out = []
-    for k in keys:
+def cold_reads(store, end: float) -> dict:
+    """A budget window's first read (a new day, a server's start, a budget just set): keys' day windows, and the
+    month windows of scopes (teams, tags, models, end users, the organisation) starting at a UTC midnight, at a
+    New York one (5 h later) and, for the raw-row path, 7 minutes into a quarter hour."""
+    out: dict[str, list[float]] = {"key_day": [], "scope_month_utc": [], "scope_month_new_york": [],
+                                   "scope_month_unaligned": []}
+    scopes = ["org", "tag:env=prod", "tag:region=eu", "model:gpt2", "model:minilm", "user:user-00001",
+              *(f"team:team-{i:02d}" for i in range(10))]
+    for i in range(50):
         t = time.perf_counter()
-        store.reserve(k, [("usd_day", window_start, 10**15, 1)], None)
-        out.append(time.perf_counter() - t)
-    return ms(out)
+        store.reserve(f"key-{i:04d}", [("usd_day", end - DAY, 10**15, 1)], None)
+        out["key_day"].append(time.perf_counter() - t)
+    for name, start in (("scope_month_utc", end - 30 * DAY), ("scope_month_new_york", end - 30 * DAY + 5 * 3600),
+                        ("scope_month_unaligned", end - 30 * DAY + 5 * 3600 + 420)):
+        for g, scope in enumerate(scopes):
+            t = time.perf_counter()
+            store.reserve_scoped([(f"{scope}@{g}{name}", "usd_month", start, 10**15, 1)], None)
+            out[name].append(time.perf_counter() - t)
+    return {name: ms(xs) for name, xs in out.items()}
 
 
 # -- (c) --------------------------------------------------------------------------------------------------------
@@ -209,7 +227,7 @@ def bench(url: str, empty_url: str, ops: int, prune_s: float, rate: float, batch
                               "empty": admission(empty, "key-0000", now, ops)}
         res["b_admission"]["added_p99_ms"] = round(res["b_admission"]["big"]["p99_ms"]
                                                    - res["b_admission"]["empty"]["p99_ms"], 3)
-        res["b_cold_window_read"] = cold_reads(store, [f"key-{i:04d}" for i in range(50)], end - DAY)
+        res["b_cold_window_read"] = cold_reads(store, end)
         print(json.dumps(res["b_admission"]), json.dumps(res["b_cold_window_read"]), flush=True)
         if "c" not in parts:
             return res

@@ -26,6 +26,7 @@ GROUPS = {
     "workflow": lambda r: r.workflow,
     "model": lambda r: r.served_model or r.requested_model,
     "endpoint": lambda r: r.endpoint,
+    "user": lambda r: r.end_user,  # OpenAI's ``user``: not in the daily rollups, so always summed from rows
 }
 
 

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from ..errors import LeaninferError
 from .rollups import DAY_S, hist_percentile
-from .store.ledger_sql import FIGURES
+from .store.ledger_sql import FIGURES, ROLLUP_GROUPS
 from .usage_figures import Group, period_of
 from .windows import timezone
 
@@ -64,7 +64,7 @@ def grouped(store, by: Sequence[str], period: str | None, t0: float | None, t1: 
     z = timezone(tz)
     horizon = store.ledger_read(lambda sql, db: sql.horizon(db))
     gone = horizon > 0 and (t0 is None or t0 < horizon)
-    if period in (None, "day") and tz in ZERO_ZONES and _aligned(t0) and _aligned(t1):
+    if period in (None, "day") and tz in ZERO_ZONES and _aligned(t0) and _aligned(t1) and set(by) <= ROLLUP_GROUPS:
         if gone or store.ledger_read(lambda sql, db: sql.rollup_requests(db, t0, t1)) > RAW_ROWS_MAX:
             return (*_from_rollups(store, by, period, t0, t1, z), None)
     if gone:

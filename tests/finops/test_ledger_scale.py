@@ -49,7 +49,8 @@ def random_rows(rng: random.Random, n: int, start: int = 0, t0: float = DAY1) ->
             output_tokens=rng.randrange(100), charged_tokens=rng.randrange(600), cost_nusd=rng.randrange(10**9),
             duration_s=rng.choice([0.0, 0.0004, 0.001, 0.02, 0.3, 1.7, 25.0, 900.0, rng.random() * 3]),
             status=status, cache=rng.choice(["hit", "miss", "off"]), cache_saved_nusd=rng.randrange(1000),
-            routing_saved_nusd=rng.randrange(1000), tags={"env": rng.choice(["prod", "dev"])}))
+            routing_saved_nusd=rng.randrange(1000), tags={"env": rng.choice(["prod", "dev"])},
+            end_user=rng.choice(["alice", "bob", ""])))
     return rows
 
 
@@ -98,7 +99,7 @@ def test_sql_report_is_identical_to_the_python_report(store_url, tz, period):  #
     store = open_store(store_url)
     try:
         rows = _fill(store, random.Random(2), 400)
-        for by in (["team"], ["key_id", "model"], ["workflow", "endpoint", "team"], []):
+        for by in (["team"], ["key_id", "model"], ["workflow", "endpoint", "team"], ["user", "team"], []):
             for since, until in ((None, None), (DAY1 + 3 * DAY_S + 1234.5, DAY1 + 9 * DAY_S)):
                 p = usage_payload(store, by, period, since, until, tz)
                 assert p["source"] == "rows"
@@ -115,6 +116,8 @@ def test_reports_read_rollups_for_big_day_aligned_ranges_with_exact_sums(store_u
     try:
         rows = _fill(store, random.Random(3), 500)
         monkeypatch.setattr(usage_sql, "RAW_ROWS_MAX", 0)
+        # by end user: the rollups have no such column, so the report is summed from the rows
+        assert usage_payload(store, ["user"], "day", "2025-03-02", "2025-03-11", "UTC")["source"] == "rows"
         for by, period in ((["team"], "day"), (["key_id", "model", "workflow", "endpoint"], None), ([], "day")):
             p = usage_payload(store, by, period, "2025-03-02", "2025-03-11", "UTC")
             assert p["source"] == "rollups"

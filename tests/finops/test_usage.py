@@ -131,7 +131,7 @@ def test_totals_match_the_sum_of_groups(store):
 
 def test_bad_group_or_period_names_it_and_lists_the_valid_ones():
     with pytest.raises(LeaninferError, match=r"unknown group-by 'colour'; valid: endpoint, key_id, model, team, "
-                                             r"workflow"):
+                                             r"user, workflow"):
         usage_report(ROWS, by=["team", "colour"])
     with pytest.raises(LeaninferError, match=r"unknown period 'week'; valid: day, hour"):
         usage_report(ROWS, period="week")
@@ -187,7 +187,7 @@ def test_cli_table_shows_long_group_names_whole(tmp_path):
 def test_cli_bad_by_and_period_exit_2_naming_the_value(store_path):
     res = _invoke("--store", str(store_path), "--by", "team,colour")
     assert res.exit_code == 2
-    assert "unknown group-by 'colour'" in res.output and "endpoint, key_id, model, team, workflow" in res.output
+    assert "unknown group-by 'colour'" in res.output and "endpoint, key_id, model, team, user, workflow" in res.output
     res = _invoke("--store", str(store_path), "--period", "week")
     assert res.exit_code == 2 and "unknown period 'week'; valid: day, hour" in res.output
 

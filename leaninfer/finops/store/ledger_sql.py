@@ -25,7 +25,8 @@ from .ledger_schema import MODEL_OF_ROW
 # a group-by name as a raw-row expression (the rollup table has a column of each name)
 RAW_GROUP = {"key_id": "COALESCE(key_id, '')", "team": "team", "workflow": "workflow", "model": MODEL_OF_ROW,
              "endpoint": "endpoint"}
-ROLLUP_GROUPS = frozenset(RAW_GROUP)
+RAW_GROUP["user"] = "end_user"
+ROLLUP_GROUPS = frozenset(RAW_GROUP) - {"user"}  # what the daily rollups have a column of
 _RAW_SUMS = ("COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_nusd), 0), "
              "COALESCE(SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END), 0), COALESCE(SUM(cache_saved_nusd), 0), "
              "COALESCE(SUM(routing_saved_nusd), 0), COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -30,8 +32,37 @@ from . import logs  # noqa: E402
 logs.configure()
 
 from .errors import LeaninferError  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .models import RANDOM_PRESETS, Model, load  # noqa: E402
-from .pipeline import optimize  # noqa: E402
+
+# The API's functions are imported on first use (PEP 562), not with the package: ``leaninfer usage`` or
+# ``keys`` imports ``leaninfer.finops``, and with it this package, and must not pay ~0.3 s of models, pipeline
+# and evaluation imports it never uses (leaninfer/entry.py).
+_LAZY = {"evaluate": ".evaluate", "load": ".models", "Model": ".models", "RANDOM_PRESETS": ".models",
+         "optimize": ".pipeline"}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        # Importing the submodule leaninfer.evaluate binds it to this name; the API's evaluate() keeps it.
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'leaninfer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = ["LeaninferError", "Model", "RANDOM_PRESETS", "evaluate", "load", "optimize", "__version__"]

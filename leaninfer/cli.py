@@ -1,25 +1,20 @@
-"""The ``leaninfer`` command: one sub-command per job. Flags are the config field names.
+"""The ``leaninfer`` command: one sub-command per job. Flags are the config field names. (The ``leaninfer``
+executable starts in :mod:`.entry`, which runs the ledger and key commands without importing this module.)
 
 Errors a user can cause print one line naming the bad value and what is valid, and exit non-zero.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import sys
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from . import logs
 from .benchmarks import cli as bench_cli
 from .benchmarks.load import cli as load_cli
+from .cli_base import console, new_app, out, run, user_errors
 from .data import read_texts
 from .demo import run_demo
 from .endpoint import EndpointEmbedder, api_key_from_env, open_endpoint
@@ -29,52 +24,12 @@ from .finops import budgets_cli, keys_cli
 from .finops import cli as finops_cli
 from .finops.price_list import PriceList, load_price_list, save_price_list
 from .listing import DATA, NAME, TEXT, listing_table, print_listing
-from .logs import quiet_libraries
 from .models import RANDOM_PRESETS, load
 from .pipeline import Floors, Recipe, optimize
 from .serving import cli as serve_cli
 from .steps import STEPS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make open models cheaper to run, and prove it with numbers.")
-# Tables are wide: when output is piped (CI logs, `| tee`), don't wrap them at rich's 80-column default.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 130)  # a set COLUMNS wins
-
-
-@app.callback()
-def main_options(verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="show the libraries' warnings and progress bars and leaninfer's debug log "
-        "(same as LEANINFER_LOG=debug)")):
-    """Make open models cheaper to run, and prove it with numbers."""
-    if verbose:
-        os.environ[logs.ENV] = "debug"  # benchmark children inherit it
-        logs.configure()
-
-
-def user_errors(fn):
-    """Turn LeaninferError (and bad-value errors from our own validation) into one line and an exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        quiet_libraries()
-        try:
-            return fn(*args, **kwargs)
-        except LeaninferError as e:
-            # escaped: "[ray]" in a message is text, not markup; soft-wrapped: a long message stays one line
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except ValidationError as e:  # a config built from flags: name the flag and what is valid
-            err = e.errors()[0]
-            flag = "--" + str(err["loc"][-1]).replace("_", "-") if err["loc"] else "input"
-            message = f"{flag}: {err['msg']} (got {err.get('input')!r})"
-            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted: nothing was written[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
+app = new_app()
 
 
 def _csv(value: str | None) -> list[str]:
@@ -273,10 +228,7 @@ finops_cli.register(app, user_errors)
 
 
 def main() -> None:
-    try:
-        app()
-    except BrokenPipeError:  # `leaninfer ... | head`
-        sys.exit(0)
+    run(app)
 
 
 if __name__ == "__main__":

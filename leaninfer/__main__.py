@@ -1,0 +1,5 @@
+"""``python -m leaninfer ...``: the ``leaninfer`` executable."""
+
+from .entry import main
+
+main()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
-
-import numpy as np
 
 # Below this many samples a tail percentile is an interpolation between the few largest samples, not an
 # estimate of the tail: the report says so next to it.
@@ -13,8 +12,23 @@ MIN_SAMPLES_FOR_PERCENTILES = 10
 
 
 def percentile(samples, q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
-    return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
+    """Linear-interpolated percentile, q in [0, 100]: numpy's default method, to the bit (its rank and its
+    two-sided interpolation), in plain Python so that ``leaninfer usage`` needn't import numpy (~40 ms).
+
+    Example:
+        >>> percentile([1.0, 2.0, 3.0, 4.0], 95)
+        3.85
+    """
+    s = sorted(float(x) for x in samples)
+    if not s:
+        raise ValueError("percentile of no samples")
+    rank = (q / 100) * (len(s) - 1)
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(s) - 1)
+    t = rank - lo
+    a, b = s[lo], s[hi]
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 @dataclass(frozen=True)

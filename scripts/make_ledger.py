@@ -25,7 +25,7 @@ from leaninfer.finops.keys import KeyPolicy, KeyRecord
 from leaninfer.finops.ledger import LEDGER_FIELDS
 from leaninfer.finops.store import open_store
 from leaninfer.finops.store.bucket_sql import BUCKETS_FROM_LEDGER, backfill_tags
-from leaninfer.finops.store.ledger_schema import ROLLUP_FROM_ROWS
+from leaninfer.finops.store.ledger_schema import ROLLUP_FROM_ROWS, TEAM_FROM_DAILY
 
 CHUNK = 200_000
 MODELS = {  # name: ($ per 1k output tokens, endpoint, median seconds)
@@ -120,6 +120,8 @@ def load_sqlite(path: str, chunks) -> None:
     db.execute("BEGIN")
     db.execute("DELETE FROM ledger_daily")
     db.execute(ROLLUP_FROM_ROWS.format(int="INTEGER"))
+    db.execute("DELETE FROM ledger_team_daily")
+    db.execute(TEAM_FROM_DAILY)
     db.execute("DELETE FROM spend_buckets")
     db.execute(BUCKETS_FROM_LEDGER.format(int="INTEGER"))
     backfill_tags(db, str, {"int": "INTEGER"})
@@ -150,6 +152,8 @@ def load_postgres(url: str, chunks) -> None:
         with conn.transaction():
             conn.execute("DELETE FROM ledger_daily")
             conn.execute(ROLLUP_FROM_ROWS.format(int="BIGINT"))
+            conn.execute("DELETE FROM ledger_team_daily")
+            conn.execute(TEAM_FROM_DAILY)
             conn.execute("DELETE FROM spend_buckets")
             conn.execute(BUCKETS_FROM_LEDGER.format(int="BIGINT"))
             backfill_tags(conn, lambda sql: sql.replace("?", "%s"), {"int": "BIGINT"})

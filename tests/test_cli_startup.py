@@ -10,7 +10,7 @@ import pytest
 
 from leaninfer.entry import LIGHT, command
 
-HEAVY = ("torch", "transformers", "fastapi", "aiohttp", "uvicorn", "matplotlib", "ray", "onnxruntime", "httpx",
+HEAVY = ("torch", "transformers", "numpy", "fastapi", "aiohttp", "uvicorn", "matplotlib", "ray", "onnxruntime", "httpx",
          "leaninfer.models", "leaninfer.serving", "leaninfer.benchmarks", "leaninfer.pipeline")
 
 

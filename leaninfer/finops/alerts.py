@@ -53,7 +53,7 @@ class AlertEvent:
 
     kind: str  # spike | budget
     state: str  # triggered | resolved
-    entity_kind: str  # key | team | model
+    entity_kind: str  # key | team | model | scope (a budget above the key: entity is its scope id)
     entity: str
     metric: str  # tokens_per_min | usd_per_min | a budget name such as usd_day
     value: float
@@ -137,7 +137,7 @@ class SpendWatch:
         self._minute: int | None = None  # the open minute (unix minute number)
         self._bucket: dict[tuple[str, str], list[int]] = {}  # (entity_kind, entity) -> [tokens, nusd]
         self._entities: dict[tuple[str, str], _Entity] = {}
-        self._budgets: dict[tuple[str, str], tuple[float, float]] = {}  # (key, budget) -> (window, top fired)
+        self._budgets: dict[tuple[str, str, str], tuple[float, float]] = {}  # (kind, entity, budget) -> (window, top fired)
 
     # -- feeding ----------------------------------------------------------------------------------------------
     def observe(self, key_id: str | None, team: str, model: str, tokens: int, nusd: int) -> None:
@@ -161,24 +161,27 @@ class SpendWatch:
         self._emit(events)
 
     def budget_used(self, key_id: str, team: str, budget_name: str, used_ratio: float,
-                    window_start: float) -> None:
+                    window_start: float, entity_kind: str = "key") -> None:
         """Report that ``key_id`` has used ``used_ratio`` of its budget ``budget_name`` (e.g. ``usd_day``) in
         the window that started at ``window_start``. Each threshold fires once per window; a jump past
         several fires the highest only. The first report in a new window re-arms the thresholds (and
-        resolves the previous window's alert)."""
+        resolves the previous window's alert). ``entity_kind="scope"``: ``key_id`` is a budget above the key,
+        by its scope id (``team:search``)."""
         now = self.clock()
         events = []
         with self._lock:
-            k = (key_id, budget_name)
+            k = (entity_kind, key_id, budget_name)
             window, fired = self._budgets.get(k, (window_start, 0.0))
             if window != window_start:
                 if fired:
-                    events.append(_budget_event("resolved", key_id, team, budget_name, used_ratio, fired, now))
+                    events.append(_budget_event("resolved", key_id, team, budget_name, used_ratio, fired, now,
+                                                entity_kind))
                 fired = 0.0
             crossed = [t for t in BUDGET_THRESHOLDS if used_ratio >= t and t > fired]
             if crossed:
                 fired = crossed[-1]
-                events.append(_budget_event("triggered", key_id, team, budget_name, used_ratio, fired, now))
+                events.append(_budget_event("triggered", key_id, team, budget_name, used_ratio, fired, now,
+                                            entity_kind))
             self._budgets[k] = (window_start, fired)
         self._emit(events)
 
@@ -281,13 +284,13 @@ def _spike_event(state: str, k: tuple[str, str], e: _Entity, value: float, at: f
 
 
 def _budget_event(state: str, key_id: str, team: str, budget: str, ratio: float, threshold: float,
-                  at: float) -> AlertEvent:
+                  at: float, entity_kind: str = "key") -> AlertEvent:
+    whose = f"key {key_id!r} (team {team!r})" if entity_kind == "key" else f"budget {key_id!r}"
     if state == "triggered":
-        msg = f"key {key_id!r} (team {team!r}) has used {ratio:.0%} of its {budget} budget " \
-              f"(threshold {threshold:.0%})"
+        msg = f"{whose} has used {ratio:.0%} of its {budget} budget (threshold {threshold:.0%})"
     else:
-        msg = f"key {key_id!r} (team {team!r}): a new {budget} window started, budget alerts re-armed"
-    return AlertEvent("budget", state, "key", key_id, budget, ratio, at, msg, threshold=threshold, team=team)
+        msg = f"{whose}: a new {budget} window started, budget alerts re-armed"
+    return AlertEvent("budget", state, entity_kind, key_id, budget, ratio, at, msg, threshold=threshold, team=team)
 
 
 # -- sinks --------------------------------------------------------------------------------------------------

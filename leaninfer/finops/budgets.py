@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from .keys import KeyRecord
 from .money import to_nano, to_usd
-from .scope_budgets import KINDS, Covering
+from .scope_budgets import DEFAULT_USER, KINDS, Covering
 from .store.ports import BudgetRefused, Hold, State
 from .windows import window_bounds
 
@@ -251,6 +251,19 @@ class BudgetBook:
             return {}
         found = self.state.budget_used(key.key_id, [(b, start) for b, start, _, _ in limits])
         return {b: (found[b][0], cap, start) for b, start, _, cap in limits}
+
+    def used_scoped(self, scopes: Sequence[Covering]) -> list[tuple[Covering, str, int, int, float]]:
+        """``(covering, budget, settled, limit, window start)`` of every budget of ``scopes`` but the default
+        end-user budget's (one account per end user: no gauge or alert each), for gauges and alerts."""
+        out = []
+        for c in scopes:
+            if c.budget.scope == DEFAULT_USER:
+                continue
+            items = [(b, start, cap) for _, _, b, start, _, cap in self._scope_items([c], self.clock())]
+            if items:
+                found = self.state.budget_used(c.account, [(b, start) for b, start, _ in items])
+                out += [(c, b, found[b][0], cap, start) for b, start, cap in items]
+        return out
 
     def reclaim(self, now: float | None = None) -> int:
         """Release the reservations of holds past their expiry; returns how many."""

@@ -55,16 +55,19 @@ def register(app: typer.Typer, user_errors) -> None:
                                          help=ScopeLimits.model_fields["tokens_month"].description),
         tokens_total: int = typer.Option(None, "--tokens-total",
                                          help=ScopeLimits.model_fields["tokens_total"].description),
+        rpm: int = typer.Option(None, "--rpm", help=ScopeLimits.model_fields["rpm"].description),
+        tpm: int = typer.Option(None, "--tpm", help=ScopeLimits.model_fields["tpm"].description),
         store: str = store_option(STORE_HELP),
     ):
         """Set a scope's budget (every limit at once: one left out is removed). Servers on the store apply it
         within a second."""
         scope = scope_from(team, tag, model, org, user, default_user)
         limits = ScopeLimits(usd_day=usd_day, usd_month=usd_month, usd_total=usd_total, tokens_day=tokens_day,
-                             tokens_month=tokens_month, tokens_total=tokens_total)  # a bad value: its flag named
+                             tokens_month=tokens_month, tokens_total=tokens_total, rpm=rpm,
+                             tpm=tpm)  # a bad value: its flag named
         with closing(open_store(store)) as s:
             b = set_budget(s, scope, limits)
-        shown = ", ".join(f"{n}={v:g}" for n, (_, v) in b.limits.budgets().items())
+        shown = ", ".join(f"{n}={v:g}" for n, v in b.limits.model_dump(exclude_none=True).items())
         console.print(f"budget of {markup_safe(scope)} set: {markup_safe(shown)}")
 
     @budgets.command("list")

@@ -51,6 +51,7 @@ from .money import to_usd
 from .rate_limits import RateLimited, RateLimits
 from .refusals import GovernanceUnavailable, InvalidKey, NotAllowed, Refusal, UnknownModel, WrongTask
 from .routing import Router
+from .scope_budgets import Covering
 from .scope_cache import ScopeBudgetCache
 from .store import open_store
 from .store.memory import MemoryState
@@ -135,6 +136,7 @@ class Admission:
     closed: bool = False
     # the key's rate limits as last counted, {"rpm"|"tpm": (quota, remaining, reset_at)}: the response's headers
     limits: dict = field(default_factory=dict)
+    scopes: list = field(default_factory=list)  # the budgets above the key that cover it (Covering)
 
     @property
     def request_id(self) -> str:
@@ -330,7 +332,11 @@ class Gate:
             raise UnknownModel(adm.model, list(self.variants))
         if candidates[0].task != ask.task:
             raise WrongTask(adm.model, candidates[0].task, ask.task)
+        # the budgets above the key that cover the request (team, tags, model, end user, org), kept 1 s
+        scopes = await self._scopes(adm, key, user) if key is not None and self.scope_budgets is not None else []
+        adm.scopes = scopes
         counted = 0  # tokens counted against the key's tpm: once per request, not once per candidate tried
+        requests = 1  # the request, counted against its scopes' rpm once (the key's was counted at authentication)
         for i, v in enumerate(candidates):
             self._use(adm, v)
             p = await plan(v)
@@ -338,12 +344,12 @@ class Gate:
                 adm.row.input_tokens = p.input_tokens
             if key is not None:
                 worst = p.input_tokens + p.max_output_tokens
-                if worst > counted:  # a fallback counts only what its worst case adds
-                    await self._limit(adm, self.limits.check_tokens, key, worst - counted)
-                    counted = worst
+                if worst > counted or requests:  # a fallback counts only what its worst case adds
+                    await self._limit(adm, self.limits.check_scoped, key, max(worst - counted, 0), requests, scopes)
+                    counted, requests = max(worst, counted), 0
                 if self.book is not None:
                     await self._reserve(adm, key, v.tariff.worst_nusd(p.input_tokens, p.max_output_tokens), worst,
-                                        user)
+                                        scopes)
             if await self._cached(adm, p):
                 return
             try:
@@ -365,17 +371,22 @@ class Gate:
 
     async def _limit(self, adm: Admission, check, *args) -> None:
         try:
-            adm.limits.update(await self._state(check, *args))
+            for name, counted in (await self._state(check, *args)).items():
+                if name not in adm.limits or counted[1] <= adm.limits[name][1]:  # the headers show the tightest
+                    adm.limits[name] = counted
         except RateLimited as e:
             self._rejected(adm.team, e.limit)
             adm.limits[e.limit] = (e.quota, e.remaining, e.reset_at)
             raise
 
-    async def _reserve(self, adm: Admission, key: KeyRecord, nusd: int, tokens: int, user: str | None = None) -> None:
-        try:  # the budgets above the key that cover the request (team, tags, model, end user, org), kept 1 s
-            scopes = await self.scope_budgets.covering(key.policy.team, adm.model, adm.ask.tags, user)
+    async def _scopes(self, adm: Admission, key: KeyRecord, user: str | None) -> list[Covering]:
+        try:
+            return await self.scope_budgets.covering(key.policy.team, adm.model, adm.ask.tags, user)
         except Exception as e:
             raise self._unavailable("read the budgets above the key", e) from e
+
+    async def _reserve(self, adm: Admission, key: KeyRecord, nusd: int, tokens: int,
+                       scopes: list[Covering]) -> None:
         try:
             # the first reservation of a window in this process reads its spend from the ledger: off the loop
             cold = not self.state.blocking and self.book.cold(key, scopes)
@@ -512,7 +523,7 @@ class Gate:
             await self.writer.record(row)
 
     async def _gauges(self, adm: Admission) -> None:
-        """The key's budget gauges and budget alerts, from its settled spend."""
+        """The budget gauges and budget alerts of the key and of the budgets above it, from settled spend."""
         key, row = adm.key, adm.row
         if key is None or self.book is None or adm.variant is None:
             return
@@ -522,6 +533,15 @@ class Gate:
             if self.metrics is not None:
                 self.metrics.budget_used.labels(key.key_id, self.metrics.team(row.team), budget).set(ratio)
             self.spend_watch.budget_used(key.key_id, row.team, budget, ratio, start)
+        if adm.scopes:
+            scoped = await self._state(self.book.used_scoped, adm.scopes, what="read the budgets' use")
+            for c, budget, spent, cap, start in scoped:
+                ratio = spent / cap if cap else 1.0
+                if self.metrics is not None:
+                    self.metrics.scope_budget_used.labels(c.budget.scope, budget).set(ratio)
+                kind, _, name = c.budget.scope.partition(":")
+                self.spend_watch.budget_used(c.budget.scope, name if kind == "team" else "", budget, ratio, start,
+                                             entity_kind="scope")
 
 
 __all__ = ["Admission", "Ask", "Gate", "Plan", "Refusal", "next_request_id"]

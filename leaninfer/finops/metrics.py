@@ -18,6 +18,11 @@ class FinOpsMetrics:
                                    ["team", "model", "kind"], registry=registry)
         self.budget_used = Gauge("leaninfer_budget_used_ratio", "share of a key's budget spent (settled) in its current window",
                                  ["key_id", "team", "window"], registry=registry)
+        # budgets above the key, by scope id (an admin sets each: bounded); the default end-user budget's
+        # per-user accounts have no series (one per end user would be unbounded)
+        self.scope_budget_used = Gauge("leaninfer_scope_budget_used_ratio", "share of a budget above the key "
+                                       "(team, tag, model, org, end user) spent (settled) in its current window",
+                                       ["scope", "window"], registry=registry)
         self.cache_hits = Counter("leaninfer_cache_hits_total", "requests answered from the response cache",
                                   ["model"], registry=registry)
         self.cache_saved = Counter("leaninfer_cache_saved_usd_total", "what cached answers cost when first made",

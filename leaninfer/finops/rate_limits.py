@@ -8,6 +8,10 @@ are counted at admission as the request's worst case (prompt + max_tokens, :meth
 as budgets are: a limiter that counted the true tokens after the fact would let a burst of long generations
 through first. The limits of one call are tested before any is counted, so a refusal counts nothing.
 
+Budgets above the key (:mod:`.scope_budgets`) may cap requests and tokens per minute too. Their scopes (team,
+model, tags, end user) are known only once the body is read, so a scope's requests are counted at admission
+(:meth:`RateLimits.check_scoped`), with the key's tokens, in one atomic step across the key and its scopes.
+
 Not the ``limits`` library: its storages are memory, Redis, Memcached and MongoDB, and a leaninfer deployment
 always has its store (SQLite or PostgreSQL), where one transaction tests and counts every limit of a request.
 """
@@ -15,10 +19,11 @@ always has its store (SQLite or PostgreSQL), where one transaction tests and cou
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .keys import KeyRecord
+from .scope_budgets import Covering
 from .store.ports import RateAsk, State
 
 WINDOW_S = 60.0
@@ -31,10 +36,13 @@ class RateLimited(Exception):
     quota: int
     remaining: int
     reset_at: float  # when the request would fit again (an estimate of the sliding window)
+    scope: str = ""  # a limit above the key: how it is named ("team search"); "" for the key's own
+    scope_id: str = ""  # and its id ("team:search", "default-user")
 
     def message(self) -> str:
         what = "requests" if self.limit == "rpm" else "tokens (prompt + max_tokens)"
-        return (f"rate limit reached: key {self.key_id} may use {self.quota} {what} per minute "
+        whose = self.scope or f"key {self.key_id}"
+        return (f"rate limit reached: {whose} may use {self.quota} {what} per minute "
                 f"({self.remaining} left in this window)")
 
 
@@ -65,6 +73,35 @@ class RateLimits:
     def check_tokens(self, key: KeyRecord, tokens: int) -> dict[str, tuple[int, int, float]]:
         """Count ``tokens`` against the key's tpm alone (at admission, once the worst case is known)."""
         return self._hit(key, [("tpm", key.policy.tpm, tokens)])
+
+    def check_scoped(self, key: KeyRecord, tokens: int, requests: int,
+                     scopes: Sequence[Covering]) -> dict[str, tuple[int, int, float]]:
+        """Count ``tokens`` against the key's tpm and ``requests`` (1, or 0 when counted already) and ``tokens``
+        against the rpm and tpm of every scope budget covering the request, in one atomic step, or raise
+        :class:`RateLimited` for the first that is full (counting nothing). Returns the tightest of each limit,
+        ``{"rpm"|"tpm": (quota, remaining, reset_at)}``, for the response headers."""
+        asks: list[tuple[str, str, int, int]] = []
+        named: list[Covering | None] = []
+        if key.policy.tpm is not None and tokens:
+            asks.append((key.key_id, "tpm", key.policy.tpm, tokens))
+            named.append(None)
+        for c in scopes:
+            for name, quota in c.budget.limits.rates().items():
+                cost = requests if name == "rpm" else tokens
+                if cost:
+                    asks.append((c.account, name, quota, cost))
+                    named.append(c)
+        if not asks:
+            return {}
+        results = self.state.rate_hit_scoped(asks, WINDOW_S, self.clock())
+        out: dict[str, tuple[int, int, float]] = {}
+        for (_, name, quota, _), c, (allowed, remaining, reset_at) in zip(asks, named, results, strict=True):
+            if not allowed:
+                raise RateLimited(key.key_id, name, quota, remaining, reset_at,
+                                  c.label if c else "", c.budget.scope if c else "")
+            if name not in out or remaining < out[name][1]:
+                out[name] = (quota, remaining, reset_at)
+        return out
 
     def _hit(self, key: KeyRecord, limits: list[tuple[str, int | None, int]]) -> dict[str, tuple[int, int, float]]:
         asks: list[RateAsk] = [(name, quota, cost) for name, quota, cost in limits if quota is not None]

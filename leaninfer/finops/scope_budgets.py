@@ -17,9 +17,11 @@ ledger (what the scope spent while it had no budget counts), while changing a bu
 
 Tags are the client's labels: a tag budget caps what is labelled so, an allocation tool rather than a wall (a
 client that leaves the tag off is not in its scope); team, key, model and org budgets hold whatever the
-client sends. End users are not in the ledger (the ``user`` field is the client's id of a person): their
-windows count from their first request under the budget, in the store (on a server with state in memory, from
-its start).
+client sends. A window seen for the first time starts from what its scope spent since the window's start (the
+spend buckets, :mod:`.spend_buckets`; the ledger names each request's end user).
+
+A scope may also cap requests and tokens per minute (``rpm``, ``tpm``: :mod:`.rate_limits`), counted at
+admission with the key's tokens per minute in one atomic step, per account as its spend is.
 """
 
 from __future__ import annotations
@@ -65,10 +67,17 @@ class ScopeLimits(BaseModel):
                                           description="tokens (input + output) per calendar day")
     tokens_month: int | None = Field(None, ge=0, le=MAX_BUDGET_TOKENS, description="tokens per calendar month")
     tokens_total: int | None = Field(None, ge=0, le=MAX_BUDGET_TOKENS, description="tokens in total")
+    rpm: int | None = Field(None, ge=1, description="requests per minute (moving window), counted at admission")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute, counted at admission as the worst case "
+                                                   "(prompt + max_tokens)")
 
     def budgets(self) -> dict[str, tuple[str, float | int]]:
-        """The set budgets as ``{name: (window, limit)}``, in the order a key's are given."""
+        """The set budgets as ``{name: (window, limit)}``, in the order a key's are given (not the rate limits)."""
         return set_budgets(self)
+
+    def rates(self) -> dict[str, int]:
+        """The set rate limits, ``{"rpm"|"tpm": quota}``."""
+        return {name: q for name, q in (("rpm", self.rpm), ("tpm", self.tpm)) if q is not None}
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,7 @@ def covering(found: dict[str, ScopeBudget | None], team: str | None, model: str,
 def new_budget(scope: str, limits: ScopeLimits, existing: ScopeBudget | None, now: float | None = None) -> ScopeBudget:
     """``scope``'s budget set to ``limits``: a new one starts a generation, a change keeps it (and its spend)."""
     now = time.time() if now is None else now
-    if not limits.budgets():
+    if not limits.budgets() and not limits.rates():
         raise LeaninferError(f"a budget for {scope} needs at least one limit: --usd-day, --usd-month, --usd-total, "
-                             "--tokens-day, --tokens-month or --tokens-total")
+                             "--tokens-day, --tokens-month, --tokens-total, --rpm or --tpm")
     return ScopeBudget(scope, limits, existing.created_at if existing else now, now)

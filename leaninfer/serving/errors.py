@@ -35,10 +35,13 @@ def to_openai(exc: BaseException) -> OpenAIError | None:
         return OpenAIError(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
     if isinstance(exc, RateLimited):
         wait = _seconds_until(exc.reset_at)
-        return OpenAIError(429, exc.message(), type="rate_limit_exceeded", code=exc.limit, headers=refusal_headers({
-            "Retry-After": str(wait), "RateLimit-Policy": f'"{exc.limit}";q={exc.quota};w=60',
-            "RateLimit": f'"{exc.limit}";r={exc.remaining};t={wait}'},
-            getattr(exc, "rate_limits", {exc.limit: (exc.quota, exc.remaining, exc.reset_at)})))
+        # a limit above the key: its kind in the policy's name, its id in param (as a budget's, below)
+        name = f"{exc.scope_id.partition(':')[0]}.{exc.limit}" if exc.scope_id else exc.limit
+        return OpenAIError(429, exc.message(), type="rate_limit_exceeded", param=exc.scope_id or None,
+                           code=exc.limit, headers=refusal_headers({
+                               "Retry-After": str(wait), "RateLimit-Policy": f'"{name}";q={exc.quota};w=60',
+                               "RateLimit": f'"{name}";r={exc.remaining};t={wait}'},
+                               getattr(exc, "rate_limits", {exc.limit: (exc.quota, exc.remaining, exc.reset_at)})))
     if isinstance(exc, BudgetExceeded):
         error = _budget_error(exc)
         error.headers = refusal_headers(error.headers, getattr(exc, "rate_limits", {}))

@@ -1,9 +1,12 @@
 """Reports built from hand-made raw results: pooling, generation cost, one output token, the recorded machine."""
 
+import random
+
+import numpy as np
 import pytest
 
 from leaninfer.benchmarks.report import build_report, pool_results
-from leaninfer.latency import Latency
+from leaninfer.latency import Latency, percentile
 
 from .fakes import MODEL, embedding_result, generation_result, run, state
 
@@ -103,3 +106,13 @@ def test_few_samples_are_flagged_in_notes():
     report = build_report(state({"fp32": [run([embedding_result(1, 8, [0.01, 0.02, 0.03])],
                                               model={**MODEL, "task": "embedding"})]}))
     assert any("n=3 samples" in n for n in report["notes"])
+
+
+def test_percentile_is_numpys_default_to_the_bit():
+    # numpy is the reference only: leaninfer.latency doesn't import it
+    rng = random.Random(3)
+    for _ in range(3000):
+        xs = [rng.choice([rng.random(), rng.random() * 1e-3, float(rng.randint(0, 5)), 25.0])
+              for _ in range(rng.randint(1, 40))]
+        q = rng.choice([0, 50, 90, 95, 99, 100, rng.random() * 100])
+        assert percentile(xs, q) == float(np.percentile(np.asarray(xs), q)), (xs, q)

@@ -7,7 +7,6 @@ a budget's new generation counted from the ledger, and the 1-second cache of the
 from __future__ import annotations
 
 import asyncio
-
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor

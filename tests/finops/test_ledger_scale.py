@@ -24,6 +24,7 @@ from leaninfer.finops.ledger_writer import LedgerWriter
 from leaninfer.finops.retention import Retention, cutoff, prune
 from leaninfer.finops.rollups import COLUMNS, DAY_S, deltas
 from leaninfer.finops.store import open_store
+from leaninfer.finops.store.ledger_schema import TEAM_COLUMNS
 from leaninfer.finops.store.schema import migrations, statements
 from leaninfer.finops.store.sqlite import SQLiteDialect
 from leaninfer.finops.usage import usage_payload, usage_report
@@ -69,6 +70,22 @@ def expected_rollups(rows) -> dict[tuple, tuple]:
     return {d[:6]: tuple(d[6:]) for d in deltas(rows)}
 
 
+def team_table(store) -> dict[tuple, tuple]:
+    """The team-level rollups (migration 9), each (day, team) with its sums."""
+    def read(sql, db):
+        return db.execute(f"SELECT {', '.join(TEAM_COLUMNS)} FROM ledger_team_daily").fetchall()
+    return {(float(v[0]), v[1]): tuple(int(x) for x in v[2:]) for v in store.ledger_read(read) if any(v[2:])}
+
+
+def expected_teams(rows) -> dict[tuple, tuple]:
+    out: dict[tuple, list[int]] = {}
+    for d in deltas(rows):
+        acc = out.setdefault((d[0], d[1]), [0] * (len(d) - 6))
+        for i, x in enumerate(d[6:]):
+            acc[i] += x
+    return {k: tuple(v) for k, v in out.items() if any(v)}
+
+
 def _fill(store, rng, n=600):
     rows = random_rows(rng, n)
     for i in range(0, n, 97):
@@ -89,6 +106,7 @@ def test_rollups_equal_the_rows_after_random_appends_and_replacements(store_url)
         rows = _fill(store, random.Random(1))
         assert len(rows) <= 600
         assert rollup_table(store) == expected_rollups(rows)
+        assert team_table(store) == expected_teams(rows)  # the team-level rollups too
     finally:
         store.close()
 
@@ -154,6 +172,7 @@ def test_an_old_store_is_migrated_with_its_rollups_backfilled_in_sql(tmp_path):
     store = open_store(path)
     try:
         assert rollup_table(store) == expected_rollups(rows)
+        assert team_table(store) == expected_teams(rows)
         assert store.spend("k1", 0.0) == (sum(r.cost_nusd for r in rows if r.key_id == "k1"),
                                            sum(r.charged_tokens for r in rows if r.key_id == "k1"))
         # the spend buckets were backfilled for every scope (tags exploded from the rows' JSON)

@@ -49,7 +49,7 @@ def test_an_old_schema_is_migrated_and_keeps_its_rows(pg_url, version):
     _old_database(pg_url, version)
     store = open_store(pg_url)
     try:
-        assert store.schema_version() == len(migrations(PostgresDialect.types)) == 8
+        assert store.schema_version() == len(migrations(PostgresDialect.types)) == 9
         assert [r.request_id for r in store.rows()] == ["old"] and store.spend("k1", 0.0) == (9, 7)
         assert store.get_key("k1").policy.team == "t"
         store.reserve("k1", [("tokens_total", 0.0, 137, 130)], None)  # from the old row's 7
@@ -58,7 +58,7 @@ def test_an_old_schema_is_migrated_and_keeps_its_rows(pg_url, version):
         store.close()
     again = open_store(pg_url)  # opening a current schema changes nothing
     try:
-        assert again.schema_version() == 8 and again.spend("k1", 0.0) == (9, 7)
+        assert again.schema_version() == 9 and again.spend("k1", 0.0) == (9, 7)
     finally:
         again.close()
 

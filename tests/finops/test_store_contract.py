@@ -136,7 +136,7 @@ def test_an_old_sqlite_file_is_upgraded_with_its_rows(tmp_path):
     finally:
         store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(migrations(SQLiteDialect.types)) == 8
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(migrations(SQLiteDialect.types)) == 9
     assert db.execute("SELECT request_id FROM ledger").fetchall() == [("r1",)]
     db.close()
 

@@ -52,3 +52,17 @@ LEDGER_AT_SCALE = f"""
     CREATE TABLE ledger_pruned (horizon {{real}} NOT NULL);
     {ROLLUP_FROM_ROWS}
 """
+
+# migration 9: the daily rollups by team alone (a team's day is the sum of its rollup rows), backfilled from them:
+# a month's spend per team, the report admins run most, reads 30 × teams rows, not every key × model × workflow
+TEAM_COLUMNS = ("day", "team", *SUMS, *HIST)
+TEAM_FROM_DAILY = (f"INSERT INTO ledger_team_daily ({', '.join(TEAM_COLUMNS)}) "
+                   f"SELECT day, team, {', '.join(f'SUM({c})' for c in (*SUMS, *HIST))} FROM ledger_daily "
+                   "GROUP BY day, team")
+TEAM_ROLLUPS = f"""
+    CREATE TABLE ledger_team_daily (
+        day {{real}} NOT NULL, team TEXT NOT NULL,
+        {', '.join(f'{c} {{int}} NOT NULL' for c in (*SUMS, *HIST))},
+        PRIMARY KEY (day, team));
+    {TEAM_FROM_DAILY}
+"""

@@ -20,7 +20,7 @@ from .. import spend_buckets
 from ..ledger import LEDGER_FIELDS, LedgerRow
 from ..rollups import COLUMNS, DIMS, HIST, SUMS, deltas
 from .bucket_sql import ADD as BUCKET_ADD
-from .ledger_schema import MODEL_OF_ROW
+from .ledger_schema import MODEL_OF_ROW, TEAM_COLUMNS
 
 # a group-by name as a raw-row expression (the rollup table has a column of each name)
 RAW_GROUP = {"key_id": "COALESCE(key_id, '')", "team": "team", "workflow": "workflow", "model": MODEL_OF_ROW,
@@ -41,6 +41,21 @@ ID_CHUNK = 500  # request ids per lookup of replaced rows
 ROLLUP_ADD = (f"INSERT INTO ledger_daily ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
               f"ON CONFLICT ({', '.join(DIMS)}) DO UPDATE SET "
               + ", ".join(f"{c} = ledger_daily.{c} + excluded.{c}" for c in (*SUMS, *HIST)))
+
+TEAM_ADD = (f"INSERT INTO ledger_team_daily ({', '.join(TEAM_COLUMNS)}) VALUES ({', '.join('?' * len(TEAM_COLUMNS))}) "
+            "ON CONFLICT (day, team) DO UPDATE SET "
+            + ", ".join(f"{c} = ledger_team_daily.{c} + excluded.{c}" for c in (*SUMS, *HIST)))
+TEAM_GROUPS = frozenset({"team"})  # the reports ledger_team_daily answers
+
+
+def by_team(changes: list[tuple]) -> list[tuple]:
+    """The team-level rollup rows (``TEAM_COLUMNS`` order) of full rollup ``changes``, summed, in key order."""
+    acc: dict[tuple, list[int]] = {}
+    for c in changes:
+        v = acc.setdefault((c[0], c[1]), [0] * (len(c) - len(DIMS)))
+        for i, x in enumerate(c[len(DIMS):]):
+            v[i] += x
+    return [(*k, *v) for k, v in sorted(acc.items()) if any(v)]
 
 
 def row_of(values) -> LedgerRow:
@@ -65,6 +80,7 @@ class LedgerSQL:
         self.dialect = dialect
         self.real = dialect.types["real"]
         self.rollup_add = dialect.prepare(ROLLUP_ADD)
+        self.team_add = dialect.prepare(TEAM_ADD)
         self.bucket_add = dialect.prepare(BUCKET_ADD)
 
     def q(self, sql: str) -> str:
@@ -89,6 +105,7 @@ class LedgerSQL:
             changes = sorted(deltas(rows, replaced), key=lambda c: c[:len(DIMS)])
             if changes:
                 cur.executemany(self.rollup_add, changes)
+                cur.executemany(self.team_add, by_team(changes))
             spent = spend_buckets.deltas(rows, replaced)  # in key order too
             if spent:
                 cur.executemany(self.bucket_add, spent)
@@ -148,12 +165,13 @@ class LedgerSQL:
         cols = [*by, *(["day"] if by_day else [])]
         where, args = _range("day", since, until)
         group = f" GROUP BY {', '.join(cols)}" if cols else ""
-        sql = f"SELECT {', '.join([*cols, _ROLLUP_SUMS])} FROM ledger_daily{where}{group}"
+        table = "ledger_team_daily" if set(by) <= TEAM_GROUPS else "ledger_daily"
+        sql = f"SELECT {', '.join([*cols, _ROLLUP_SUMS])} FROM {table}{where}{group}"
         return db.execute(self.q(sql), args).fetchall()
 
     def rollup_requests(self, db, since, until) -> int:
         where, args = _range("day", since, until)
-        return int(db.execute(self.q(f"SELECT COALESCE(SUM(requests), 0) FROM ledger_daily{where}"),
+        return int(db.execute(self.q(f"SELECT COALESCE(SUM(requests), 0) FROM ledger_team_daily{where}"),
                               args).fetchone()[0])
 
     def page(self, db, since: float | None, until: float | None, after: tuple[float, str] | None,

@@ -10,7 +10,7 @@ databases open and move forward unchanged. Statements are separated by ``;`` (no
 from __future__ import annotations
 
 from .bucket_sql import MIGRATION as SPEND_BUCKETS
-from .ledger_schema import LEDGER_AT_SCALE
+from .ledger_schema import LEDGER_AT_SCALE, TEAM_ROLLUPS
 from .scope_sql import MIGRATION as SCOPE_BUDGETS
 
 MIGRATIONS = [
@@ -82,6 +82,9 @@ MIGRATIONS = [
     # user, org) spent per quarter hour, backfilled: a budget window's first read sums a few bucket rows, not the
     # month's requests (text in .bucket_sql)
     SPEND_BUCKETS,
+    # 9: the daily rollups by team alone (`usage --by team` over a month reads a few hundred rows; text in
+    # .ledger_schema)
+    TEAM_ROLLUPS,
 ]
 
 

@@ -19,6 +19,7 @@ PER_TEAM = {
     "leaninfer_team_cost_usd_total": {"team", "model"},
     "leaninfer_team_tokens_total": {"team", "model", "kind"},
     "leaninfer_budget_used_ratio": {"key_id", "team", "window"},
+    "leaninfer_scope_budget_used_ratio": {"scope", "window"},
 }
 
 

@@ -99,6 +99,16 @@ def chunk_rows(rng, start: int, n: int, t0: float, t1: float, key_team, key_weig
     return rows
 
 
+def rebuild(db, prepare, int_type: str) -> None:
+    """The rollups, team rollups and spend buckets again from the loaded rows, as the migrations backfill them
+    (inside the caller's transaction; ``prepare`` turns ``?`` into the driver's placeholder)."""
+    for table, sql in (("ledger_daily", ROLLUP_FROM_ROWS), ("ledger_team_daily", TEAM_FROM_DAILY),
+                       ("spend_buckets", BUCKETS_FROM_LEDGER)):
+        db.execute(f"DELETE FROM {table}")
+        db.execute(sql.format(int=int_type))
+    backfill_tags(db, prepare, {"int": int_type})
+
+
 def load_sqlite(path: str, chunks) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
@@ -118,13 +128,7 @@ def load_sqlite(path: str, chunks) -> None:
     print(f"  indexes built in {time.perf_counter() - t:.1f} s", flush=True)
     t = time.perf_counter()
     db.execute("BEGIN")
-    db.execute("DELETE FROM ledger_daily")
-    db.execute(ROLLUP_FROM_ROWS.format(int="INTEGER"))
-    db.execute("DELETE FROM ledger_team_daily")
-    db.execute(TEAM_FROM_DAILY)
-    db.execute("DELETE FROM spend_buckets")
-    db.execute(BUCKETS_FROM_LEDGER.format(int="INTEGER"))
-    backfill_tags(db, str, {"int": "INTEGER"})
+    rebuild(db, str, "INTEGER")
     db.execute("COMMIT")
     db.execute("ANALYZE")
     print(f"  rollups and spend buckets rebuilt in {time.perf_counter() - t:.1f} s", flush=True)
@@ -150,13 +154,7 @@ def load_postgres(url: str, chunks) -> None:
         print(f"  indexes built in {time.perf_counter() - t:.1f} s", flush=True)
         t = time.perf_counter()
         with conn.transaction():
-            conn.execute("DELETE FROM ledger_daily")
-            conn.execute(ROLLUP_FROM_ROWS.format(int="BIGINT"))
-            conn.execute("DELETE FROM ledger_team_daily")
-            conn.execute(TEAM_FROM_DAILY)
-            conn.execute("DELETE FROM spend_buckets")
-            conn.execute(BUCKETS_FROM_LEDGER.format(int="BIGINT"))
-            backfill_tags(conn, lambda sql: sql.replace("?", "%s"), {"int": "BIGINT"})
+            rebuild(conn, lambda sql: sql.replace("?", "%s"), "BIGINT")
         # VACUUM too: else autovacuum visits the freshly copied 10M rows during whatever is measured next
         conn.execute("VACUUM (ANALYZE) ledger")
         conn.execute("VACUUM (ANALYZE) ledger_daily")

@@ -238,7 +238,13 @@ def load_hf(ref: str, location: str, *, task: str | None, device: str, dtype: st
     kwargs = {"attn_implementation": "sdpa"}
     if dtype:
         kwargs["dtype"] = torch_dtype(dtype)
-    module = auto_class(task).from_pretrained(location, **kwargs).to(device).eval()
+    if getattr(config, "quantization_config", None) is not None:
+        # A bitsandbytes model is placed by its loader: without a device_map transformers puts it on the current
+        # GPU, and a later .to("cpu") moves the weights but not the int8 scales Linear8bitLt keeps beside them
+        # (bitsandbytes issue #1332), which then fails in int8_mm_dequant (seen on an H200, issue 21).
+        module = auto_class(task).from_pretrained(location, device_map={"": device}, **kwargs).eval()
+    else:
+        module = auto_class(task).from_pretrained(location, **kwargs).to(device).eval()
     path = Path(location) if Path(location).is_dir() else None
     precision = dtype or {"float16": "fp16", "bfloat16": "bf16"}.get(str(module.dtype).replace("torch.", ""), "fp32")
     return TorchModel(module, device=device, ref=ref, task=task, tokenizer=tokenizer, config=config,

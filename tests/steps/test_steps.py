@@ -142,6 +142,35 @@ def test_bitsandbytes_quantizes_or_says_why(tmp_path, tiny_gpt2, step):
     np.testing.assert_allclose(again.logits_batch(enc), r.model.logits_batch(enc), atol=1e-3)
 
 
+def test_bitsandbytes_artifacts_are_placed_by_their_loader(tmp_path, tiny_gpt2, monkeypatch):
+    """A bitsandbytes artifact is loaded with ``device_map`` on the asked device, never moved with ``.to()``:
+    on a CUDA machine transformers would otherwise put it on the GPU, and ``.to("cpu")`` leaves Linear8bitLt's
+    int8 scales behind (bitsandbytes #1332; it failed in int8_mm_dequant on an H200). A plain artifact is moved."""
+    from leaninfer.models import torch_model
+
+    try:
+        r = optimize(tiny_gpt2, "bnb-int8", tmp_path / "bnb")
+    except StepError:
+        pytest.skip("this bitsandbytes build has no CPU support")
+    plain = optimize(tiny_gpt2, "fp16", tmp_path / "fp16")
+    calls, real = [], torch_model.auto_class
+
+    class Spy:
+        def __init__(self, cls):
+            self.cls = cls
+
+        def from_pretrained(self, location, **kwargs):
+            calls.append(kwargs.get("device_map"))
+            return self.cls.from_pretrained(location, **kwargs)
+
+    monkeypatch.setattr(torch_model, "auto_class", lambda task: Spy(real(task)))
+    again = leaninfer.load(r.path, device="cpu")
+    leaninfer.load(plain.path, device="cpu")
+    assert calls == [{"": "cpu"}, None]
+    enc = tiny_gpt2.tokenize(["placed by its loader"])
+    np.testing.assert_allclose(again.logits_batch(enc), r.model.logits_batch(enc), atol=1e-3)
+
+
 def test_bad_step_parameters_are_named():
     with pytest.raises(StepError, match="calibration_samples"):
         get_step("ort-int8-static", calibration_samples=-1)

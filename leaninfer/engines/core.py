@@ -536,6 +536,9 @@ class GenSequence:
     _sampler: Sampler | None = None
     _tracker: TextTracker | None = None
     _next: int | None = None  # sampled but not yet fed to the model
+    _fed: int = 0  # chunked prefill: prompt tokens fed so far
+    _copies: list[GenSequence] = field(default_factory=list)  # chunked prefill: its group's copies, forked at the end
+    _part_s: float = 0.0  # chunked prefill: engine time of the parts so far
 
     @property
     def queue_s(self) -> float:
@@ -551,8 +554,10 @@ class GenerationScheduler:
 
     Design note. One ``step()``: (1) retire cancelled sequences; (2) one decode step over every running
     sequence; (3) admit waiting sequences (FIFO) while there are free slots and the batch's token budget
-    allows, and prefill them together — that gives their first token. Sequences are retired as soon as they
-    hit EOS, a stop string, ``max_tokens`` or the context limit. Newcomers join between decode steps
+    allows, and prefill them together — that gives their first token; (4) with ``prefill_chunk``, a longer
+    prompt is not prefilled whole in (3) but fed that many tokens a step, and joins with its last part: a long
+    prompt delays the running rows by one part a step, not by its whole prefill. Sequences are retired as soon
+    as they hit EOS, a stop string, ``max_tokens`` or the context limit. Newcomers join between decode steps
     and finished sequences leave at once, without waiting for their neighbours. Engine time of each model
     call is split across its rows by tokens processed (prompt tokens for a prefill, one per decode row),
     which is what a request's cost is computed from. A request whose own processing fails (an exception in
@@ -564,12 +569,15 @@ class GenerationScheduler:
     """
 
     def __init__(self, runner: Runner, *, max_batch_size: int = 16, max_batch_tokens: int = 8192,
-                 eos_token_id: int | None = None, max_seq_len: int = 1024,
+                 eos_token_id: int | None = None, max_seq_len: int = 1024, prefill_chunk: int = 0,
                  clock: Callable[[], float] = time.perf_counter,
                  on_step: Callable[[str, float, int], None] | None = None):
         self.runner = runner
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        # chunked prefill: a prompt longer than this is fed this many tokens a step (0: whole prompts)
+        self.prefill_chunk = prefill_chunk if callable(getattr(runner, "prefill_part", None)) else 0
+        self.prefilling: deque[GenSequence] = deque()  # admitted, prompt partly fed (FIFO: the oldest is fed)
         self.eos_token_id = eos_token_id
         self.max_seq_len = max_seq_len
         self.clock = clock
@@ -603,8 +611,12 @@ class GenerationScheduler:
         return sum(len(s.prompt) + s.params.max_tokens for s in list(self.inbox) + list(self.waiting))
 
     # -- the engine thread --------------------------------------------------------------------------------
+    def admitted(self) -> int:
+        """Sequences in the engine: running, or admitted with their prompt partly fed."""
+        return len(self.running) + sum(1 + len(s._copies) for s in self.prefilling)
+
     def has_work(self) -> bool:
-        return bool(self.inbox or self.waiting or self.running)
+        return bool(self.inbox or self.waiting or self.running or self.prefilling)
 
     def step(self) -> None:
         self.steps += 1
@@ -616,6 +628,8 @@ class GenerationScheduler:
                 self._finish(s, "cancelled")
         for seq in [s for s in self.running.values() if s.cancelled]:
             self._finish(seq, "cancelled")
+        for seq in [s for s in self.prefilling if s.cancelled]:
+            self._drop_prefilling(seq, "cancelled")
         self._release_leaving()
         if self.running:
             self._decode(list(self.running.values()))
@@ -623,19 +637,23 @@ class GenerationScheduler:
         new = self._admit()
         if new:
             self._prefill(new)
+        if self.prefilling:
+            self._prefill_next_part()
         self._release_leaving()
 
     def _admit(self) -> list[GenSequence]:
         new: list[GenSequence] = []
         tokens = sum(len(s.prompt) + len(s.output) for s in self.running.values())
-        while self.waiting and len(self.running) + len(new) < self.max_batch_size:
+        rows = self.admitted()  # the ones being prefilled hold their rows and tokens while their prompt is fed
+        tokens += sum((1 + len(s._copies)) * (len(s.prompt) + s.params.max_tokens) for s in self.prefilling)
+        while self.waiting and rows + len(new) < self.max_batch_size:
             seq = self.waiting[0]
             if seq.cancelled:
                 self.waiting.popleft()
                 self._finish(seq, "cancelled")
                 continue
             need = len(seq.prompt) + seq.params.max_tokens
-            if (self.running or new) and tokens + need > self.max_batch_tokens:
+            if (rows or new) and tokens + need > self.max_batch_tokens:
                 break  # wait for room; an oversized lone request still runs (validated upstream)
             self.waiting.popleft()
             tokens += need
@@ -647,12 +665,61 @@ class GenerationScheduler:
         """Prefill the admitted sequences in one call. The ``n`` sequences of one request (one ``group``, one
         prompt) admitted together are prefilled once: the others copy its row (``Runner.fork``) and its
         logits, and share its engine time. Prompts are scored in the same call where asked (echo with
-        logprobs); a sequence with ``max_tokens == 0`` ends after it (it only wanted its prompt scored)."""
+        logprobs); a sequence with ``max_tokens == 0`` ends after it (it only wanted its prompt scored).
+
+        With ``prefill_chunk``, a prompt longer than it (not scored) is not prefilled here: it waits in
+        ``prefilling`` and is fed one part a step (``_prefill_next_part``), so that the running rows' decode
+        steps go on between its parts instead of waiting for the whole prompt."""
         t0 = self.clock()
         leaders, followers = self._group(new)
+        if self.prefill_chunk:
+            long = {s.id for s in leaders if len(s.prompt) > self.prefill_chunk and s.params.prompt_logprobs is None}
+            for s in leaders:
+                if s.id in long:
+                    s._fed, s._copies = 0, followers.pop(s.id, [])
+                    self.prefilling.append(s)
+            leaders = [s for s in leaders if s.id not in long]
+            if not leaders:
+                return
         top = [s.params.prompt_logprobs for s in leaders]
         ok, logits, scores = self._prefill_isolating(leaders, [s.prompt for s in leaders],
                                                      top if any(k is not None for k in top) else None)
+        dt = self.clock() - t0
+        if self.on_step:
+            self.on_step("prefill", dt, len(leaders) + sum(len(followers.get(s.id, ())) for s in leaders))
+        self._start(leaders, ok, followers, logits, scores, dt)
+
+    def _prefill_next_part(self) -> None:
+        """Feed the oldest partly prefilled prompt its next ``prefill_chunk`` tokens; with its last part it
+        joins the running rows (its copies forked from it) and samples its first token."""
+        s = self.prefilling[0]
+        part = s.prompt[s._fed:s._fed + self.prefill_chunk]
+        last = s._fed + len(part) >= len(s.prompt)
+        t0 = self.clock()
+        try:
+            logits = self.runner.prefill_part(s.id, part, last)
+        except Exception as e:
+            self._drop_prefilling(s, "error", error=f"{type(e).__name__}: {e}")
+            return
+        dt = self.clock() - t0
+        s._fed += len(part)
+        s._part_s += dt  # shared with its copies once they exist (``_start``)
+        if self.on_step:
+            self.on_step("prefill", dt, 1 + len(s._copies))
+        if last:
+            self.prefilling.popleft()
+            self._start([s], [s], {s.id: s._copies} if s._copies else {}, logits, None, s._part_s)
+
+    def _drop_prefilling(self, s: GenSequence, reason: str, error: str | None = None) -> None:
+        self.prefilling.remove(s)
+        self._release_quietly([s.id])  # what was fed so far
+        for q in (s, *s._copies):
+            self._finish(q, reason, error=error)
+
+    def _start(self, leaders: list[GenSequence], ok: list[GenSequence], followers: dict[int, list[GenSequence]],
+               logits: np.ndarray | None, scores: list[PromptScores | None] | None, dt: float) -> None:
+        """Prefilled: the rows in ``ok`` (of ``leaders``) join the running ones, their copies forked from them,
+        and sample their first token; ``dt`` (the prefill's engine time) is split across them by prompt."""
         rows, members, forked = [], [], []
         prefilled = {s.id for s in ok}
         for s in leaders:  # the copies of a prompt that failed fail with it
@@ -673,15 +740,12 @@ class GenerationScheduler:
             score = scores[k] if scores is not None else None
             for q in (s, *fs):
                 q._prompt_lp = prompt_logprobs(q.prompt, score) if score is not None else None
-        dt = self.clock() - t0
         for group, share in zip(members, split_cost(dt, [len(g[0].prompt) for g in members]), strict=True):
             for q in group:
                 q.busy_prefill_s += share / len(group)
         # into ``running`` in the runner's row order (leaders, then the copies): decode needs no reordering
         for q in [*ok, *forked]:
             self.running[q.id] = q
-        if self.on_step:
-            self.on_step("prefill", dt, len(new))
         lead_rows = {s.id: logits[k] for k, s in enumerate(ok)}
         for group in members:
             rows.extend((q, lead_rows[group[0].id]) for q in group)
@@ -815,6 +879,8 @@ class GenerationScheduler:
     def fail_all(self, error: str) -> None:
         while self.inbox:
             self.waiting.append(self.inbox.popleft())
+        while self.prefilling:
+            self._drop_prefilling(self.prefilling[0], "error", error=error)
         for s in list(self.running.values()) + list(self.waiting):
             self._finish(s, "error", error=error)
         self.waiting.clear()

@@ -71,6 +71,11 @@ class BatchingConfig(BaseModel):
                                                                    "texts is cut by length into the calls of least "
                                                                    "total cost (core.py). Default: measured on "
                                                                    "the served model at start")
+    prefill_chunk_tokens: int | None = Field(None, ge=0, description="generation: a prompt longer than this is "
+                                              "prefilled this many tokens a step, between the running rows' decode "
+                                              "steps, so that it delays them by one part, not by its whole "
+                                              "prefill (0: whole prompts). Default: the model's runner's (2048 on "
+                                              "CUDA, 256 on CPUs)")
     lanes: int = Field(2, ge=1, description="embeddings: model calls that may run at once once the load fills "
                                             "batches, each on 1/lanes of the CPU threads (below that, one call "
                                             "at a time on all of them; PyTorch or ONNX Runtime on the CPU; an "
@@ -572,10 +577,13 @@ class GenerationEngine(_EngineBase):
 
     def __init__(self, model, name, config, metrics, usd_per_hour, runner=None):
         super().__init__(model, name, config, metrics, usd_per_hour)
+        runner = runner or model.runner(max_rows=config.max_batch_size)
+        chunk = config.prefill_chunk_tokens
         self.scheduler = GenerationScheduler(
-            runner or model.runner(max_rows=config.max_batch_size), max_batch_size=config.max_batch_size,
-            max_batch_tokens=config.max_batch_tokens, eos_token_id=model.eos_token_id,
-            max_seq_len=model.max_seq_length, clock=time.perf_counter, on_step=self._on_step)
+            runner, max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens,
+            eos_token_id=model.eos_token_id, max_seq_len=model.max_seq_length,
+            prefill_chunk=getattr(runner, "prefill_chunk", 0) if chunk is None else chunk,
+            clock=time.perf_counter, on_step=self._on_step)
         tok = model.tokenizer
         self.decode_text = lambda ids: tok.decode(ids, skip_special_tokens=True)
 
@@ -592,7 +600,7 @@ class GenerationEngine(_EngineBase):
 
     def pending(self) -> int:
         s = self.scheduler
-        return len(s.inbox) + len(s.waiting) + len(s.running)
+        return len(s.inbox) + len(s.waiting) + s.admitted()
 
     def waiting(self) -> int:
         return len(self.scheduler.inbox) + len(self.scheduler.waiting)
@@ -666,7 +674,7 @@ class GenerationEngine(_EngineBase):
             except Exception as e:  # a bug in the step itself: fail what is in flight, keep the engine alive
                 s.fail_all(f"{type(e).__name__}: {e}")
             self.metrics.queue_depth.labels(self.name).set(self.waiting())
-            self.metrics.running.labels(self.name).set(len(s.running))
+            self.metrics.running.labels(self.name).set(s.admitted())
         s.fail_all("the server stopped")
 
     def _fail_waiting(self, error: EngineError) -> None:

@@ -34,6 +34,12 @@ def _growing_layer_class():
                 v[..., :n, :].copy_(self.values)
             self._k, self._v = k, v
 
+        def adopt(self, k, v, n: int) -> None:
+            """Take buffers whose first ``n`` columns are filled (the rest spare) as they are: no copy."""
+            self.lazy_initialization(k[..., :n, :], v[..., :n, :])
+            self._k, self._v = k, v
+            self._set_views(n)
+
         def _set_views(self, n: int) -> None:
             self.keys, self.values = self._k[..., :n, :], self._v[..., :n, :]
 
@@ -61,6 +67,28 @@ def growing_cache(kv: list[tuple]):
     for k, v in kv:
         layer = layer_cls()
         layer.fill(k, v)
+        layers.append(layer)
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
+
+
+def spare_buffer(like, rows: int, width: int):
+    """An uninitialized ``[rows, heads, width + SPARE_COLUMNS, dim]`` buffer shaped after ``like``, for
+    :func:`adopted_cache` (a caller that fills it in place saves the copy :func:`growing_cache` makes)."""
+    return like.new_empty(rows, like.shape[1], width + SPARE_COLUMNS, like.shape[-1])
+
+
+def adopted_cache(buffers: list[tuple], n: int):
+    """A ``DynamicCache`` over ``buffers`` ([(keys, values)] per layer, from :func:`spare_buffer`) whose first
+    ``n`` columns are filled: they are used in place and appended to in place."""
+    from transformers import DynamicCache
+
+    layer_cls = _growing_layer_class()
+    layers = []
+    for k, v in buffers:
+        layer = layer_cls()
+        layer.adopt(k, v, n)
         layers.append(layer)
     cache = DynamicCache()
     cache.layers = layers

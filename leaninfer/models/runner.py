@@ -39,6 +39,9 @@ class Runner(Protocol):
     ``prefill_scoring`` is ``prefill`` that also scores the prompts of the rows whose ``top`` is not None
     (echo with logprobs): the same call, with the LM head over every prompt position instead of the last one.
     ``fork`` adds rows that copy a running row (``n`` continuations of one prompt share its prefill).
+    A runner may also offer ``prefill_part(seq_id, tokens, last)`` (chunked prefill: a long prompt fed in parts
+    between decode steps, joining the batch with its last part; ``KVCacheRunner``); the scheduler uses it
+    where present.
     """
 
     has_cache: bool

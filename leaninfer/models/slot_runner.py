@@ -6,7 +6,9 @@ Design note (issue 21). vLLM and SGLang decode the same way, with paged blocks w
   tokens in columns ``[0, length[s])``: no padding, and no row ever moves.
 - A join: the newcomers are prefilled as their own batch by the dynamic runner's code (so their keys and values
   are those numbers exactly), and each row's real columns are copied into a free slot, the lowest one, so that
-  active slots stay packed low and the decode bucket small. A leave marks its slot free; nothing is copied.
+  active slots stay packed low and the decode bucket small. A long prompt may be prefilled in parts
+  (``prefill_part``, the scheduler's chunked prefill) in a cache of its own; it takes a slot with its last part.
+  A leave marks its slot free; nothing is copied.
 - A decode step runs over slots ``[0, bucket)``, the smallest of :func:`buckets` that covers the highest active
   slot. Each row writes its new key and value at column ``length[s]`` (one ``index_put`` per layer) and attends
   over ``[0, length[s]]`` under a 4D additive mask (transformers passes a 4D mask through untouched); a free
@@ -163,8 +165,7 @@ class SlotPoolRunner(KVCacheRunner):
         return heapq.heappop(self._free)
 
     # -- Runner -------------------------------------------------------------------------------------------
-    def _prefill(self, seq_ids, prompts, top):
-        logits, scores, kv, lengths, width = self._prefill_batch(prompts, top)
+    def _join(self, seq_ids, kv, lengths, width):
         self._ensure_capacity(kv, max(int(n) for n in lengths) + 1)
         taken = []
         try:
@@ -182,7 +183,6 @@ class SlotPoolRunner(KVCacheRunner):
                 self.slot_of.pop(seq_id, None)
             raise
         self.ids = list(self.slot_of)
-        return logits.cpu().numpy(), scores
 
     def fork(self, seq_id, new_ids):
         src = self.slot_of[seq_id]
@@ -197,6 +197,7 @@ class SlotPoolRunner(KVCacheRunner):
 
     def release(self, seq_ids):
         for seq_id in seq_ids:
+            self._parts.pop(seq_id, None)
             slot = self.slot_of.pop(seq_id, None)
             if slot is not None:
                 self.lengths[slot] = 0

@@ -71,6 +71,7 @@ def register(app: typer.Typer, user_errors) -> None:
         max_batch_size: int = _option(BatchingConfig, "max_batch_size", min=1),
         max_wait_ms: float = _option(BatchingConfig, "max_wait_ms", min=0),
         max_batch_tokens: int = _option(BatchingConfig, "max_batch_tokens", min=1),
+        prefill_chunk_tokens: int = _option(BatchingConfig, "prefill_chunk_tokens", min=0),
         lanes: int = _option(BatchingConfig, "lanes", min=1),
         max_queue: int = _option(BatchingConfig, "max_queue", min=1),
         max_queue_tokens: int = _option(BatchingConfig, "max_queue_tokens", min=1),
@@ -131,7 +132,8 @@ def register(app: typer.Typer, user_errors) -> None:
             raise LeaninferError(f"served names must be unique, got {valid_list(names)}: use --name")
         price = resolve_usd_per_hour(hardware, usd_per_hour)
         batching = BatchingConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                                  max_batch_tokens=max_batch_tokens, lanes=lanes, max_queue=max_queue,
+                                  max_batch_tokens=max_batch_tokens, prefill_chunk_tokens=prefill_chunk_tokens,
+                                  lanes=lanes, max_queue=max_queue,
                                   max_queue_tokens=max_queue_tokens)
         cfg = ServerConfig(batching=batching, usd_per_hour=price, request_timeout_s=request_timeout_s,
                            max_body_bytes=max_body_bytes, max_request_chars=max_request_chars,

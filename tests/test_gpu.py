@@ -35,9 +35,11 @@ def test_slot_pool_and_cuda_graph_decode_give_the_dynamic_tokens_on_cuda(decode)
     assert greedy_generate(runner, prompts, 20, None) == ref
 
 
-def test_200_joins_and_leaves_capture_nothing_after_warmup_and_keep_the_tokens():
+@pytest.mark.parametrize("chunk", [0, 16])
+def test_200_joins_and_leaves_capture_nothing_after_warmup_and_keep_the_tokens(chunk):
     """Arrivals and departures at varying batch sizes (every bucket of an 8-slot pool), through the scheduler
-    the server steps: the graphs captured at warm-up serve them all, nothing is compiled, tokens unchanged."""
+    the server steps: the graphs captured at warm-up serve them all, nothing is compiled, tokens unchanged.
+    With ``chunk``, prompts over 16 tokens are fed in parts between the graph-replayed decode steps."""
     import random
 
     import torch
@@ -49,8 +51,8 @@ def test_200_joins_and_leaves_capture_nothing_after_warmup_and_keep_the_tokens()
     prompts = [[rng.randrange(1000, 5000) for _ in range(rng.randrange(1, 40))] for _ in range(200)]
     lengths = [rng.randrange(1, 24) for _ in range(200)]
 
-    def serve(runner):
-        s = GenerationScheduler(runner, max_batch_size=8, eos_token_id=None)
+    def serve(runner, chunk=0):
+        s = GenerationScheduler(runner, max_batch_size=8, eos_token_id=None, prefill_chunk=chunk)
         seqs = []
         for i, (p, k) in enumerate(zip(prompts, lengths, strict=True)):
             seqs.append(s.submit(GenSequence(prompt=p, params=SamplingParams(max_tokens=k, temperature=0),
@@ -66,7 +68,7 @@ def test_200_joins_and_leaves_capture_nothing_after_warmup_and_keep_the_tokens()
     info = runner.warmup()
     assert info["captured"] == [1, 2, 4, 8]
     captures, compiles = runner.captures, torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    got, sched = serve(runner)
+    got, sched = serve(runner, chunk)
     assert got == want
     assert runner.captures == captures and torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiles
     assert {1, 2, 4, 8} <= {runner.bucket_for(b - 1) for b in sched.batch_sizes}  # every bucket served

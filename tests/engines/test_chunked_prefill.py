@@ -44,19 +44,21 @@ def _run(runner, prompts, max_tokens, *, chunk, max_batch_size=4, n=None, arrive
 def test_a_prompt_fed_in_parts_gives_the_whole_prefills_logits_and_tokens(request, fixture, decode):
     m = request.getfixturevalue(fixture)
     prompt = _prompt(m, 40)
-    whole = m.runner(decode, max_rows=2)
-    want = whole.prefill([1], [prompt])
-    parts = m.runner(decode, max_rows=2)
-    for start in range(0, len(prompt), 7):
-        got = parts.prefill_part(1, prompt[start:start + 7], start + 7 >= len(prompt))
-        assert (got is None) == (start + 7 < len(prompt))  # logits with the last part only
-    np.testing.assert_allclose(got, want, atol=1e-4)
-    tok = [int(np.argmax(want[0]))]
-    for _ in range(5):  # the cache it left decodes as the whole prefill's does
-        a, b = whole.decode([1], tok), parts.decode([1], tok)
-        np.testing.assert_allclose(b, a, atol=1e-4)
-        tok = [int(np.argmax(a[0]))]
-    assert not parts._parts  # nothing left aside once it joined
+    for size in (7, 1, len(prompt) - 1):  # parts of one token, and a last part of one token
+        whole = m.runner(decode, max_rows=2)
+        want = whole.prefill([1], [prompt])
+        parts = m.runner(decode, max_rows=2)
+        parts.prefill([2], [prompt[:5]])  # a row already running: the parts join beside it
+        for start in range(0, len(prompt), size):
+            got = parts.prefill_part(1, prompt[start:start + size], start + size >= len(prompt))
+            assert (got is None) == (start + size < len(prompt))  # logits with the last part only
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        tok = [int(np.argmax(want[0]))]
+        for _ in range(5):  # the cache it left decodes as the whole prefill's does
+            a, b = whole.decode([1], tok), parts.decode([2, 1], [0, *tok])[1:]
+            np.testing.assert_allclose(b, a, atol=1e-4)
+            tok = [int(np.argmax(a[0]))]
+        assert not parts._parts  # nothing left aside once it joined
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])

@@ -93,3 +93,13 @@ def adopted_cache(buffers: list[tuple], n: int):
     cache = DynamicCache()
     cache.layers = layers
     return cache
+
+
+def empty_growing_cache():
+    """An empty ``DynamicCache`` whose layers, made at the first forward, append in place: for a prompt fed in
+    parts (chunked prefill), where transformers' own layers would copy everything fed so far at every part."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _growing_layer_class()
+    return cache

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .kv_cache import adopted_cache, growing_cache, spare_buffer
+from .kv_cache import adopted_cache, empty_growing_cache, growing_cache, spare_buffer
 from .runner import pad_left_or_right, score_prompt
 
 # Chunked prefill's default part, in tokens. A part delays the running rows by its prefill time, and each part
@@ -119,7 +119,8 @@ class KVCacheRunner:
 
     def prefill_part(self, seq_id, tokens, last: bool):
         """Chunked prefill: feed the next part of ``seq_id``'s prompt. The parts so far are held in a cache of
-        the sequence's own, outside the running batch, so that decode steps go on between parts; with the
+        the sequence's own (appended in place, ``kv_cache.empty_growing_cache``), outside the running batch, so that
+        decode steps go on between parts; with the
         ``last`` part the sequence joins the batch (as a one-row prefill joins it) and the logits of its last
         prompt position are returned ([1, vocab]), else None. A part that fails drops what was fed."""
         torch = self.torch
@@ -128,7 +129,7 @@ class KVCacheRunner:
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         pos = torch.arange(fed, fed + n, device=self.device)[None, :]
         mask = torch.ones(1, fed + n, dtype=torch.long, device=self.device)
-        logits, cache = self._forward(ids, mask, pos, cache if cache is not None else self.DynamicCache())
+        logits, cache = self._forward(ids, mask, pos, cache if cache is not None else empty_growing_cache())
         if not last:
             self._parts[seq_id] = (cache, fed + n)
             return None

@@ -119,10 +119,10 @@ class KVCacheRunner:
 
     def prefill_part(self, seq_id, tokens, last: bool):
         """Chunked prefill: feed the next part of ``seq_id``'s prompt. The parts so far are held in a cache of
-        the sequence's own (appended in place, ``kv_cache.empty_growing_cache``), outside the running batch, so that
-        decode steps go on between parts; with the
-        ``last`` part the sequence joins the batch (as a one-row prefill joins it) and the logits of its last
-        prompt position are returned ([1, vocab]), else None. A part that fails drops what was fed."""
+        the sequence's own (appended in place, ``kv_cache.empty_growing_cache``), outside the running batch, so
+        that decode steps go on between parts. With the ``last`` part the sequence joins the batch (as a one-row
+        prefill joins it) and the logits of its last prompt position are returned ([1, vocab]); before it, None.
+        A part that fails drops what was fed."""
         torch = self.torch
         cache, fed = self._parts.pop(seq_id, (None, 0))
         n = len(tokens)

@@ -13,6 +13,8 @@ Run on a GPU machine (a stage of scripts/gpu_check.sh):  python3 scripts/gpu_dec
 - the bound of a step: the weight bytes it reads over the GPU's read bandwidth measured read-only (a reduction
   over 4 GiB: ``measures.measure_bandwidth``), and over the HBM spec of its hardware profile; both labelled.
   (The first version divided by half a device copy's bandwidth, which overstated the % about 2x.)
+- where a step's time goes (``step_profiles``, per model, batch 1): the eager step a graph captures, under
+  torch.profiler: kernels per step, their summed GPU time against the wall time, the 15 costliest kernels.
 """
 
 from __future__ import annotations
@@ -59,6 +61,40 @@ def peer(model_ref: str, batch: int) -> dict:
     return {"step_ms": 1000 * (t_long - t_short) / (NEW - 2)}
 
 
+def profile_step(model, batch: int, steps: int = 5) -> dict:
+    """The slot pool's eager decode step (the forward a CUDA graph captures) under torch.profiler: kernels per
+    step, their summed GPU time against the step's wall time, and the kernels that take the most. Kernel time near
+    the wall time with many kernels means launch-bound kernels to fuse; far below it, host overhead."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = model.runner("static", max_rows=batch)
+    ids = list(range(batch))
+    runner.prefill(ids, [[1000 + i] * PROMPT for i in range(batch)])
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+    for _ in range(3):
+        runner.decode(ids, [5] * batch)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            runner.decode(ids, [5] * batch)
+        sync()
+    wall_ms = 1000 * (time.perf_counter() - t0) / steps
+    on_device = DEVICE == "cuda"
+    events = [e for e in prof.key_averages()
+              if (e.device_type == torch.autograd.DeviceType.CUDA) == on_device]
+    key = (lambda e: e.self_device_time_total) if on_device else (lambda e: e.self_cpu_time_total)
+    events.sort(key=key, reverse=True)
+    return {"batch": batch, "wall_ms_per_step_profiled": round(wall_ms, 3),
+            "kernels_per_step" if on_device else "ops_per_step": round(sum(e.count for e in events) / steps, 1),
+            "kernel_ms_per_step" if on_device else "self_cpu_ms_per_step":
+                round(sum(key(e) for e in events) / steps / 1000, 3),
+            "top": [{"name": e.key[:90], "per_step": round(e.count / steps, 1),
+                     "ms_per_step": round(key(e) / steps / 1000, 4)} for e in events[:15]]}
+
+
 def main(out: Path) -> None:
     import torch
 
@@ -72,13 +108,18 @@ def main(out: Path) -> None:
     spec = next((v for k, v in SPECS_GB_S.items() if k in gpu), None)
     rows = []
     weights = {}
+    profiles = {}
 
-    def record(row: dict, t0: float) -> None:  # written after every row: a stage cut off by its time box keeps them
+    def write() -> None:  # after every row: a stage cut off by its time box keeps what it measured
+        result = {"gpu": gpu, "torch": torch.__version__, "read_gb_per_s_measured": read.read_gb_per_s,
+                  "copy_gb_per_s_measured": read.copy_gb_per_s, "hbm_spec_gb_per_s": spec, "rows": rows,
+                  "step_profiles": profiles}
+        (out / "gpu_decode.json").write_text(json.dumps(result, indent=2))
+
+    def record(row: dict, t0: float) -> None:
         rows.append(_bound(row, weights[row["model"]], read.read_gb_per_s, spec, t0))
         print(rows[-1], flush=True)
-        result = {"gpu": gpu, "torch": torch.__version__, "read_gb_per_s_measured": read.read_gb_per_s,
-                  "copy_gb_per_s_measured": read.copy_gb_per_s, "hbm_spec_gb_per_s": spec, "rows": rows}
-        (out / "gpu_decode.json").write_text(json.dumps(result, indent=2))
+        write()
 
     # leaninfer's modes on every model first, then the peer: its compile has taken minutes, and it must not
     # keep the second model from being measured
@@ -98,6 +139,12 @@ def main(out: Path) -> None:
                     row["error"] = f"{type(e).__name__}: {e}"[:500]
                 record(row, t0)
         os.environ.pop("LEANINFER_DECODE")
+        try:  # where a batch-1 step's time goes: what the next tuning starts from
+            profiles[ref] = profile_step(model, 1)
+            print(ref, "step profile:", {k: v for k, v in profiles[ref].items() if k != "top"}, flush=True)
+        except Exception as e:
+            profiles[ref] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        write()
         del model
         if DEVICE == "cuda":
             torch.cuda.empty_cache()

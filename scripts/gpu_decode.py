@@ -35,6 +35,14 @@ PEER_TIMEOUT_S = 100
 SPECS_GB_S = {"H200": 4800.0, "H100": 3350.0}  # HBM spec (hardware_profiles.yaml: h200, h100-sxm)
 
 
+def sync() -> None:
+    """Wait for the device (timings on CUDA); nothing on the CPU."""
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def peer(model_ref: str, batch: int) -> dict:
     """transformers static cache + compile: per-step seconds (in this process)."""
     import torch
@@ -43,7 +51,6 @@ def peer(model_ref: str, batch: int) -> dict:
 
     m = leaninfer.load(model_ref, device=DEVICE, dtype="bf16")
     ids = torch.randint(1000, 2000, (batch, PROMPT), device=DEVICE)
-    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
     mask = torch.ones_like(ids)
 
     def run(new: int) -> float:
@@ -71,7 +78,6 @@ def profile_step(model, batch: int, steps: int = 5) -> dict:
     runner = model.runner("static", max_rows=batch)
     ids = list(range(batch))
     runner.prefill(ids, [[1000 + i] * PROMPT for i in range(batch)])
-    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
     for _ in range(3):
         runner.decode(ids, [5] * batch)
     sync()

@@ -59,23 +59,23 @@ def _growing_layer_class():
 
 
 def growing_cache(kv: list[tuple]):
-    """A ``DynamicCache`` whose layers hold ``kv`` ([(keys, values)] per layer) and append in place."""
-    from transformers import DynamicCache
-
-    layer_cls = _growing_layer_class()
-    layers = []
-    for k, v in kv:
-        layer = layer_cls()
-        layer.fill(k, v)
-        layers.append(layer)
-    cache = DynamicCache()
-    cache.layers = layers
-    return cache
+    """A ``DynamicCache`` whose layers hold a copy of ``kv`` ([(keys, values)] per layer, all of one width) and
+    append in place."""
+    n = int(kv[0][0].shape[-2])
+    buffers = []
+    for pair in kv:
+        copies = []
+        for t in pair:
+            buf = spare_buffer(t, t.shape[0], n)
+            buf[..., :n, :].copy_(t)
+            copies.append(buf)
+        buffers.append(tuple(copies))
+    return adopted_cache(buffers, n)
 
 
 def spare_buffer(like, rows: int, width: int):
     """An uninitialized ``[rows, heads, width + SPARE_COLUMNS, dim]`` buffer shaped after ``like``, for
-    :func:`adopted_cache` (a caller that fills it in place saves the copy :func:`growing_cache` makes)."""
+    :func:`adopted_cache` (a caller that writes its cache into it in place saves a copy)."""
     return like.new_empty(rows, like.shape[1], width + SPARE_COLUMNS, like.shape[-1])
 
 
